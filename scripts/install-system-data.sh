@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install the Debian packages that carry offshelf's offline data (datasets, photos), if missing.
+# Needs root and apt-get; does nothing when every package is already installed.
+set -euo pipefail
+packages=(dataset-fashion-mnist openclipart-png gnome-backgrounds plasma-workspace-wallpapers)
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null 2>&1 || [ "$(id -u)" -ne 0 ]; then
+    echo "offshelf: please install the Debian packages: ${missing[*]} (needs root and apt-get)" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"
