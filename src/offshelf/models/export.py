@@ -1,0 +1,88 @@
+"""Where a model's ONNX graph comes from: exported once from packaged PyTorch weights, or an ONNX file
+(packaged or the user's) with the intermediate values its layers name added as graph outputs.
+
+Built graphs are cached in `offshelf_home()/models/<name>/` and checked by sha256 on every load. Inference
+never needs torch; exporting does, once per model and machine.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from .._version import __version__
+from ..errors import OffshelfError
+from .cache import Build, ensure_cached, offshelf_home, sha256_file
+from .graph import check_layers, load_checked, output_names, with_outputs
+from .spec import ModelSpec
+
+CACHE_FORMAT = 1  # bump when the way graphs are built changes, so that old cache entries are rebuilt
+EXPORT_OPSET = 17
+TORCH_INSTALL = "pip install torch==2.13.0"
+
+
+def ensure_onnx(spec: ModelSpec) -> Path:
+    """Path of an ONNX graph that has every layer of `spec` as a graph output, built and cached if needed."""
+    source = source_file(spec)
+    if spec.source == "packaged-torch":
+        return _cached(spec, source, {"opset": EXPORT_OPSET}, lambda: _export_torch(spec, source))
+    model = load_checked(source, spec)
+    missing = [layer.output for layer in spec.layers if layer.output not in output_names(model)]
+    if not missing:
+        return source
+    return _cached(
+        spec, source, {}, lambda: (with_outputs(model, missing).SerializeToString(), {"onnx": onnx.__version__})
+    )
+
+
+def cache_dir(spec: ModelSpec) -> Path:
+    """The directory holding `spec`'s built graph and its `meta.json`."""
+    return offshelf_home() / "models" / spec.name
+
+
+def source_file(spec: ModelSpec) -> Path:
+    """The file a model is built from: the user's ONNX file, or the weights or graph a package ships."""
+    if spec.source == "onnx":
+        return Path(str(spec.onnx_path)).expanduser()
+    module_name, _, attribute = spec.extra["weights"].partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as error:
+        raise OffshelfError(f"model {spec.name!r} needs the package that provides {module_name}: {error}") from error
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    return Path(target() if callable(target) else target)
+
+
+def _cached(spec: ModelSpec, source: Path, recipe: dict[str, Any], build: Build) -> Path:
+    """`ensure_cached` for `spec`, keyed by the source's sha256 and the layer outputs."""
+    full_recipe = {
+        "format": CACHE_FORMAT,
+        "source_sha256": sha256_file(source),
+        "outputs": [layer.output for layer in spec.layers],
+        **recipe,
+    }
+
+    def build_with_facts() -> tuple[bytes, dict[str, Any]]:
+        data, facts = build()
+        layer_shapes = check_layers(onnx.load_from_string(data), spec)
+        return data, {**facts, "model": spec.name, "offshelf": __version__, "layer_shapes": layer_shapes}
+
+    return ensure_cached(cache_dir(spec), full_recipe, build_with_facts)
+
+
+def _export_torch(spec: ModelSpec, weights: Path) -> tuple[bytes, dict[str, Any]]:
+    """Export a packaged-torch model (torch is imported here and nowhere else)."""
+    try:
+        from . import _efficientnet
+    except ModuleNotFoundError as error:
+        if error.name != "torch":
+            raise
+        raise OffshelfError(
+            f"model {spec.name!r} must be exported to ONNX once, which needs PyTorch (CPU build): {TORCH_INSTALL}"
+        ) from error
+    outputs = [layer.output for layer in spec.layers]
+    return _efficientnet.export_onnx(spec.extra["arch"], weights, spec.preprocessing.size, outputs, EXPORT_OPSET)
