@@ -1,0 +1,75 @@
+"""The CLI contract of DESIGN.md section 3: names, JSON shapes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def offshelf(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "offshelf.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_models_json() -> None:
+    result = offshelf("models", "--json")
+    assert result.returncode == 0, result.stderr
+    models = {m["name"]: m for m in json.loads(result.stdout)}
+    assert {"efficientnet-lite0", "efficientnet-lite2", "open-nsfw-resnet"} <= set(models)
+    assert models["efficientnet-lite0"]["dim"] == 1280 and models["open-nsfw-resnet"]["dim"] == 1024
+
+
+def test_embed_search_info_json(tmp_path: Path, photos: list[Path]) -> None:
+    store = tmp_path / "store"
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"")
+    result = offshelf("embed", *map(str, photos[:5]), str(bad), "--store", str(store), "--json", "--quiet")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["embedded"], summary["skipped"], summary["failed"]) == (5, 0, 1)
+    assert all(isinstance(summary[key], int) for key in ("embedded", "skipped", "failed"))
+
+    result = offshelf("search", str(photos[2]), "--store", str(store), "-k", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    hits = json.loads(result.stdout)
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert hits[0]["path"] == str(photos[2]) and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert all({"rank", "id", "path", "score"} <= set(h) for h in hits)
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+    info = json.loads(offshelf("info", "--store", str(store), "--json").stdout)
+    assert info["items"] == 5 and [e["path"] for e in info["errors"]] == [str(bad)]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["embed", "/no/such/dir", "--store", "{tmp}/s"], "no/such/dir"),
+        (["embed", "{photo}", "--store", "{tmp}/s", "--pool", "median"], "pooling"),
+        (["embed", "{photo}", "--store", "{tmp}/s", "--model", "resnet-9000"], "resnet-9000"),
+        (["embed", "{photo}", "--store", "{tmp}/s", "--layer", "stage99"], "stage99"),
+        (["search", "{photo}", "--store", "{tmp}/nothing"], "no feature store"),
+        (["search", "{tmp}/missing.jpg", "--store", "{tmp}/nothing"], "no feature store"),
+        (["embed"], "required"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, photos: list[Path], args: list[str], message: str) -> None:
+    result = offshelf(*[a.format(tmp=tmp_path, photo=photos[0]) for a in args])
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_runs_and_finds_copies(tmp_path: Path) -> None:
+    result = offshelf("demo", "--store", str(tmp_path / "demo"), "--quiet", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["embed"]["embedded"] >= 10 and report["embed"]["failed"] == 0
+    ranks = [q["original_rank"] for q in report["queries"]]
+    assert len(ranks) >= 9 and all(rank == 1 for rank in ranks), ranks
+    text = offshelf("demo", "--store", str(tmp_path / "demo"), "--quiet")
+    assert text.returncode == 0 and "found their original at rank 1" in text.stdout

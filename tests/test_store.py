@@ -1,0 +1,90 @@
+"""The feature store on its own: shards, newest-row-wins, errors view, refusal to mix, locking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from offshelf.errors import OffshelfError, StoreError
+from offshelf.store import FeatureStore, FileState, StoreConfig, path_id
+
+CONFIG = StoreConfig("efficientnet-lite0", "head", "gap", "none", 4)
+
+
+def state(tag: str) -> FileState:
+    return FileState(sha256=tag * 8, size=len(tag), mtime_ns=1)
+
+
+def commit(store: FeatureStore, items: dict[str, np.ndarray], errors: dict[str, str] | None = None) -> None:
+    rows = store.new_rows()
+    for path, vector in items.items():
+        rows.add(path, state(path[-1]), vector)
+    for path, reason in (errors or {}).items():
+        rows.add_error(path, None, reason)
+    with store.writer() as writer:
+        writer.commit(rows)
+
+
+def test_roundtrip_and_newest_row_wins(tmp_path: Path) -> None:
+    store = FeatureStore.open_or_create(tmp_path / "s", CONFIG)
+    commit(store, {"/a": np.ones(4), "/b": np.full(4, 2.0)})
+    commit(store, {"/a": np.full(4, 5.0), "/c": np.full(4, 3.0)})
+    ids, paths, vectors = FeatureStore.open(tmp_path / "s").vectors()
+    assert paths == ["/b", "/a", "/c"]
+    assert ids.tolist() == [path_id(p) for p in paths]
+    np.testing.assert_array_equal(vectors[:, 0], [2.0, 5.0, 3.0])
+    assert vectors.dtype == np.float32 and vectors.shape == (3, 4)
+    assert len(store) == 3
+
+
+def test_errors_are_current_only_until_the_file_succeeds(tmp_path: Path) -> None:
+    store = FeatureStore.open_or_create(tmp_path / "s", CONFIG)
+    commit(store, {}, {"/x": "not an image", "/y": "truncated image"})
+    commit(store, {"/x": np.zeros(4)})
+    errors = store.errors().to_pylist()
+    assert [(e["path"], e["reason"]) for e in errors] == [("/y", "truncated image")]
+    commit(store, {}, {"/x": "empty file"})  # failing again after success: the error is current again
+    assert sorted(e["path"] for e in store.errors().to_pylist()) == ["/x", "/y"]
+
+
+def test_mixing_features_is_refused(tmp_path: Path) -> None:
+    FeatureStore.open_or_create(tmp_path / "s", CONFIG)
+    for field, value in [("model", "open-nsfw-resnet"), ("layer", "stage5"), ("pool", "gmp"), ("augment", "flip")]:
+        other = StoreConfig(**{**CONFIG.identity(), field: value})
+        with pytest.raises(StoreError, match="refusing"):
+            FeatureStore.open_or_create(tmp_path / "s", other)
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["model"] == "efficientnet-lite0" and "offshelf_version" in manifest
+
+
+def test_missing_or_broken_store_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no feature store"):
+        FeatureStore.open(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(StoreError, match="unreadable manifest"):
+        FeatureStore.open(tmp_path)
+
+
+def test_one_writer_at_a_time_and_stale_tmp_files_cleaned(tmp_path: Path) -> None:
+    store = FeatureStore.open_or_create(tmp_path / "s", CONFIG)
+    with store.writer():
+        with pytest.raises(OffshelfError, match="in use"):
+            with store.writer():
+                pass
+    stale = tmp_path / "s" / "shards" / ".tmp-00000009.parquet.abc"
+    stale.write_bytes(b"half a shard")
+    commit(store, {"/a": np.ones(4)})
+    assert not stale.exists()
+    assert [p.name for p in (tmp_path / "s" / "shards").iterdir()] == ["00000001.parquet"]
+
+
+def test_shard_numbers_continue_after_reopen(tmp_path: Path) -> None:
+    store = FeatureStore.open_or_create(tmp_path / "s", CONFIG)
+    commit(store, {"/a": np.ones(4)})
+    commit(FeatureStore.open(tmp_path / "s"), {}, {"/b": "empty file"})
+    commit(FeatureStore.open(tmp_path / "s"), {"/c": np.ones(4)})
+    assert sorted(p.name for p in (tmp_path / "s").rglob("0*.parquet")) == [
+        "00000001.parquet", "00000002.parquet", "00000003.parquet"]
