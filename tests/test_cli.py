@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 
 def offshelf(*args: str) -> subprocess.CompletedProcess[str]:
@@ -73,3 +75,44 @@ def test_demo_runs_and_finds_copies(tmp_path: Path) -> None:
     assert len(ranks) >= 9 and all(rank == 1 for rank in ranks), ranks
     text = offshelf("demo", "--store", str(tmp_path / "demo"), "--quiet")
     assert text.returncode == 0 and "found their original at rank 1" in text.stdout
+
+
+def test_probe_fit_predict_eval(tmp_path: Path, photos: list[Path]) -> None:
+    """Three classes of crops of three photos, labelled by folder; the saved probe reproduces its
+    cross-validated numbers in a fresh process and refuses a store of other features."""
+    rng = np.random.default_rng(0)
+    for photo in photos[:3]:
+        with Image.open(photo) as image:
+            rgb = image.convert("RGB")
+        w, h = rgb.size
+        for i in range(8):
+            cw, ch = int(w * rng.uniform(0.5, 0.9)), int(h * rng.uniform(0.5, 0.9))
+            x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            (tmp_path / "data" / photo.stem).mkdir(parents=True, exist_ok=True)
+            rgb.crop((x, y, x + cw, y + ch)).save(tmp_path / "data" / photo.stem / f"{i}.jpg")
+    store, probe = str(tmp_path / "store"), str(tmp_path / "probe")
+    assert offshelf("embed", str(tmp_path / "data"), "--store", store, "--quiet").returncode == 0
+
+    fit = offshelf("probe", "fit", "--store", store, "--labels-from-folders", "--out", probe, "--json")
+    assert fit.returncode == 0, fit.stderr
+    fitted = json.loads(fit.stdout)
+    assert fitted["n"] == 24 and sorted(fitted["classes"]) == sorted(p.stem for p in photos[:3])
+    assert fitted["cv"]["accuracy"] >= 0.9
+
+    evaluated = json.loads(offshelf("probe", "eval", "--probe", probe, "--store", store,
+                                    "--labels-from-folders", "--json").stdout)
+    assert evaluated["accuracy"] == 1.0 and evaluated["mAP"] == pytest.approx(1.0)
+    assert set(evaluated["per_class"]) == set(fitted["classes"])
+
+    predicted = json.loads(offshelf("probe", "predict", "--probe", probe, str(photos[1]), "--json").stdout)
+    assert predicted[0]["predicted"] == photos[1].stem
+
+    other = str(tmp_path / "other")
+    assert offshelf("embed", str(tmp_path / "data"), "--store", other, "--pool", "gmp", "--quiet").returncode == 0
+    refused = offshelf("probe", "eval", "--probe", probe, "--store", other, "--labels-from-folders")
+    assert refused.returncode == 2 and "differ in pool" in refused.stderr
+
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\n" + "".join(f"{p},x\n" for p in (tmp_path / "data").rglob("*.jpg")))
+    one_class = offshelf("probe", "fit", "--store", store, "--labels", str(csv), "--out", str(tmp_path / "p2"))
+    assert one_class.returncode == 2 and "Traceback" not in one_class.stderr

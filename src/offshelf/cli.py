@@ -10,11 +10,14 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .errors import OffshelfError
 from .images import DEFAULT_MAX_PIXELS, VIEW_COUNTS, ImageDecodeError
+
+if TYPE_CHECKING:
+    from .probing import LabelSource
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
@@ -95,6 +98,56 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _label_source(args: argparse.Namespace) -> LabelSource:
+    from .probing import LabelSource
+
+    return LabelSource(csv=args.labels, from_folders=args.labels_from_folders)
+
+
+def cmd_probe_fit(args: argparse.Namespace) -> int:
+    from .probing import fit_store_probe
+
+    report = fit_store_probe(args.store, _label_source(args), args.out, method=args.method,
+                             post=args.post.split(",") if args.post else (), cv=args.cv)
+    if args.json:
+        _print_json(report)
+        return EXIT_OK
+    cv = report["cv"]
+    print(f"fitted a {report['method']} probe on {report['n']} items ({len(report['classes'])} classes, "
+          f"{report['unlabeled']} unlabeled items ignored) -> {report['probe']}")
+    print(f"cross-validated: accuracy {cv['accuracy']:.4f}, mAP {cv['mAP']:.4f}")
+    return EXIT_OK
+
+
+def cmd_probe_predict(args: argparse.Namespace) -> int:
+    from .probing import predict_images, predict_store
+
+    if (args.store is None) == (not args.images):
+        raise OffshelfError("give either --store DIR or image files, not both")
+    rows = predict_store(args.probe, args.store) if args.store else predict_images(args.probe, args.images)
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    for row in rows:
+        predicted = ", ".join(row["predicted"]) if isinstance(row["predicted"], list) else row["predicted"]
+        print(f"{predicted:<24} {row['path']}")
+    return EXIT_OK
+
+
+def cmd_probe_eval(args: argparse.Namespace) -> int:
+    from .probing import eval_store_probe
+
+    report = eval_store_probe(args.probe, args.store, _label_source(args))
+    if args.json:
+        _print_json(report)
+        return EXIT_OK
+    print(f"{report['n']} items: accuracy {report['accuracy']:.4f}, mAP {report['mAP']:.4f} "
+          f"(VOC 11-point {report['mAP_voc11']:.4f})")
+    for label, ap in report["per_class"].items():
+        print(f"  {label:<24} AP {ap if ap is None else round(ap, 4)}")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import format_demo, run_demo
 
@@ -118,9 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"offshelf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+    def command(name: str, handler: Callable[[argparse.Namespace], int] | None, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(handler=handler)
+        if handler is not None:
+            p.set_defaults(handler=handler)
         return p
 
     p = command("models", cmd_models, "List the available backbones.")
@@ -150,6 +204,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("info", cmd_info, "Describe a feature store and list the files that failed.")
     p.add_argument("--store", required=True, type=Path)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    probe = command("probe", None, "Linear probes (SVM or logistic regression) on stored features.")
+    probe_sub = probe.add_subparsers(dest="probe_command", required=True, metavar="ACTION")
+
+    def labels_options(p: argparse.ArgumentParser) -> None:
+        group = p.add_mutually_exclusive_group(required=True)
+        group.add_argument("--labels", type=Path, help="CSV with columns path,label (several rows for multi-label)")
+        group.add_argument("--labels-from-folders", action="store_true", help="label = name of the item's folder")
+
+    p = probe_sub.add_parser("fit", help="fit a probe on a store's labelled items")
+    p.set_defaults(handler=cmd_probe_fit)
+    p.add_argument("--store", required=True, type=Path)
+    labels_options(p)
+    p.add_argument("--out", required=True, type=Path, help="directory to save the probe in")
+    p.add_argument("--method", choices=["svm", "logreg"], default="svm")
+    p.add_argument("--post", default="l2", help="comma-separated post-processing: l2, power, standardize ('' for none)")
+    p.add_argument("--cv", type=_positive_int, default=3, help="cross-validation folds for choosing C")
+    p.add_argument("--json", action="store_true")
+
+    p = probe_sub.add_parser("predict", help="predict labels for a store's items or for image files")
+    p.set_defaults(handler=cmd_probe_predict)
+    p.add_argument("--probe", required=True, type=Path)
+    p.add_argument("--store", type=Path, default=None)
+    p.add_argument("images", nargs="*", type=Path, metavar="IMAGE")
+    p.add_argument("--json", action="store_true")
+
+    p = probe_sub.add_parser("eval", help="accuracy and mAP of a saved probe on a labelled store")
+    p.set_defaults(handler=cmd_probe_eval)
+    p.add_argument("--probe", required=True, type=Path)
+    p.add_argument("--store", required=True, type=Path)
+    labels_options(p)
+    p.add_argument("--json", action="store_true")
 
     p = command("demo", cmd_demo, "Embed the bundled photos and find them again from edited copies.")
     p.add_argument("--store", type=Path, default=None, help="where to keep the demo store")
