@@ -107,6 +107,9 @@ def test_views_are_averaged(tmp_path: Path, photos: list[Path]) -> None:
         rgb = image.convert("RGB")
     expected = (plain.embed_images([rgb]) + plain.embed_images([rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])) / 2
     np.testing.assert_allclose(flipped.embed_images([rgb]), expected, rtol=1e-4, atol=1e-5)
+    per_view = flipped.view_features([flipped.views(rgb)])
+    assert per_view.shape == (1, 2, 1280)
+    np.testing.assert_allclose(per_view[0, 0], plain.embed_images([rgb])[0], rtol=1e-4, atol=1e-5)
 
 
 def test_sigkill_then_resume_gives_exactly_one_row_per_image(tmp_path: Path, small_photo_set: list[Path]) -> None:

@@ -43,8 +43,42 @@ def test_names_and_parse_errors() -> None:
     assert Pooling.parse("GEM").name == "gem:3"
     assert Pooling.parse("gem:2.5").name == "gem:2.5"
     assert Pooling.parse("gap").name == "gap"
-    for bad in ("avg", "gap:2", "gem:x", "gem:-1", "gem:0", "gem:inf"):
+    for bad in ("avg", "gap:2", "gmp:1", "gem:x", "gem:-1", "gem:0", "gem:inf"):
         with pytest.raises(ValueError):
             Pooling.parse(bad)
     with pytest.raises(ValueError, match="N, C, H, W"):
         Pooling.parse("gap")(np.zeros((2, 3), np.float32))
+
+
+def test_rmac_regions_follow_the_published_layout() -> None:
+    from offshelf.pooling import rmac_regions
+
+    square = rmac_regions(7, 7, 3)
+    assert len(square) == 1 + 4 + 9  # l x l regions per level on a square map
+    assert square[0] == (0, 0, 7, 7)
+    for top, left, h, w in rmac_regions(9, 14, 3):  # every region inside the map, square
+        assert h == w and 0 <= top and top + h <= 9 and 0 <= left and left + w <= 14
+    covered = np.zeros((9, 14), bool)
+    for top, left, h, w in rmac_regions(9, 14, 3):
+        covered[top : top + h, left : left + w] = True
+    assert covered.all()
+
+
+def test_rmac_against_manual_computation(maps: np.ndarray) -> None:
+    from offshelf.pooling import rmac_regions
+
+    square = np.random.default_rng(3).gamma(2.0, 1.0, (2, 6, 7, 7)).astype(np.float32)
+    gmp = square.max(axis=(2, 3))
+    np.testing.assert_allclose(Pooling.parse("rmac:1")(square), gmp / np.linalg.norm(gmp, axis=1, keepdims=True),
+                               rtol=1e-5)
+    expected = np.zeros((2, 6))
+    for top, left, h, w in rmac_regions(7, 7, 3):
+        for n in range(2):
+            region = np.array([square[n, c, top : top + h, left : left + w].max() for c in range(6)], np.float64)
+            expected[n] += region / np.linalg.norm(region)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(Pooling.parse("rmac")(square), expected, rtol=1e-5)
+    assert Pooling.parse("rmac").name == "rmac:3" and Pooling.parse("rmac:2").name == "rmac:2"
+    for bad in ("rmac:0", "rmac:x", "rmac:9"):
+        with pytest.raises(ValueError):
+            Pooling.parse(bad)

@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, type=Path, help="feature store directory (created if absent)")
     p.add_argument("--model", default="efficientnet-lite0", help="backbone name (see `offshelf models`)")
     p.add_argument("--layer", default=None, help="layer of the backbone (default: the model's default)")
-    p.add_argument("--pool", default=None, help="gap (default), gmp, gem or gem:P for conv-map layers")
+    p.add_argument("--pool", default=None, help="gap (default), gmp, gem, gem:P, rmac or rmac:L for conv-map layers")
     p.add_argument("--augment", default="none", choices=sorted(VIEW_COUNTS), help="views averaged per image")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--workers", type=_positive_int, default=None, help="decoding threads (default: cores)")

@@ -82,15 +82,19 @@ class Embedder:
         """The `(V, size, size, 3)` uint8 views of one decoded image."""
         return make_views(image, self.size, self.augment)
 
-    def embed_views(self, views: Sequence[np.ndarray]) -> np.ndarray:
-        """One float32 descriptor per image from each image's views, `(N, dim)`."""
+    def view_features(self, views: Sequence[np.ndarray]) -> np.ndarray:
+        """One float32 descriptor per view, `(N, V, dim)`: for test-time combinations such as summing
+        a probe's scores over views (Razavian et al.) rather than averaging descriptors."""
         if not views:
-            return np.empty((0, self.config.dim), np.float32)
+            return np.empty((0, VIEW_COUNTS[self.augment], self.config.dim), np.float32)
         features = self.backbone.forward(np.concatenate(views), [self.layer.name])[self.layer.name]
         if self.pooling is not None:
             features = self.pooling(features)
-        per_image = features.reshape(len(views), -1, features.shape[-1])
-        return per_image.mean(axis=1, dtype=np.float32)
+        return features.reshape(len(views), -1, features.shape[-1])
+
+    def embed_views(self, views: Sequence[np.ndarray]) -> np.ndarray:
+        """One float32 descriptor per image, the mean over its views, `(N, dim)`."""
+        return self.view_features(views).mean(axis=1, dtype=np.float32)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Descriptors of already decoded images (RGB PIL images)."""
