@@ -116,3 +116,29 @@ def test_probe_fit_predict_eval(tmp_path: Path, photos: list[Path]) -> None:
     csv.write_text("path,label\n" + "".join(f"{p},x\n" for p in (tmp_path / "data").rglob("*.jpg")))
     one_class = offshelf("probe", "fit", "--store", store, "--labels", str(csv), "--out", str(tmp_path / "p2"))
     assert one_class.returncode == 2 and "Traceback" not in one_class.stderr
+
+
+def test_index_build_then_search_uses_it(tmp_path: Path, small_photo_set: list[Path], photos: list[Path]) -> None:
+    store = str(tmp_path / "store")
+    assert offshelf("embed", str(small_photo_set[0].parent), "--store", store, "--quiet").returncode == 0
+    exact = json.loads(offshelf("search", str(small_photo_set[5]), "--store", store, "-k", "5", "--json").stdout)
+
+    built = offshelf("index", "build", "--store", store, "--kind", "hnsw", "--target-recall", "0.95", "--json")
+    assert built.returncode == 0, built.stderr
+    report = json.loads(built.stdout)
+    assert report["kind"] == "hnsw" and report["n"] == len(small_photo_set)
+    assert report["recall_at_10"] >= 0.95 and report["bytes_per_vector"] > 0
+    assert (tmp_path / "store" / "index").is_dir()
+
+    via_index = json.loads(offshelf("search", str(small_photo_set[5]), "--store", store, "-k", "5", "--json").stdout)
+    assert [h["path"] for h in via_index] == [h["path"] for h in exact]
+    assert via_index[0]["score"] == pytest.approx(exact[0]["score"], abs=1e-4)
+
+    # embedding more images updates the index: a new photo is found through it at rank 1
+    added = json.loads(offshelf("embed", str(photos[0]), "--store", store, "--quiet", "--json").stdout)
+    assert added["embedded"] == 1 and added["index"]["added"] == 1
+    hits = json.loads(offshelf("search", str(photos[0]), "--store", store, "-k", "1", "--json").stdout)
+    assert hits[0]["path"] == str(photos[0])
+
+    bad = offshelf("index", "build", "--store", store, "--kind", "lsh")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr

@@ -82,6 +82,22 @@ def cmd_search(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from .index import build_store_index
+
+    report = build_store_index(args.store, args.kind, pca=args.pca, target_recall=args.target_recall,
+                               whiten=args.whiten)
+    if args.json:
+        _print_json(report)
+        return EXIT_OK
+    print(f"{report['kind']} index of {report['n']} vectors: recall@1 {report['recall_at_1']:.3f}, "
+          f"recall@10 {report['recall_at_10']:.3f} (against exact search), "
+          f"{report['bytes_per_vector']:.0f} bytes/vector, {report['qps']:.0f} queries/s -> {report['path']}")
+    if "tuning" in report:
+        print(f"tuning: {report['tuning'].get('message', report['tuning'])}")
+    return EXIT_OK
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .store import FeatureStore
 
@@ -200,6 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, type=Path)
     p.add_argument("-k", type=_positive_int, default=10, help="number of results")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    index = command("index", None, "Approximate nearest-neighbour indexes kept with a store.")
+    index_sub = index.add_subparsers(dest="index_command", required=True, metavar="ACTION")
+    p = index_sub.add_parser("build", help="build (or rebuild) the store's index and measure its recall")
+    p.set_defaults(handler=cmd_index_build)
+    p.add_argument("--store", required=True, type=Path)
+    p.add_argument("--kind", required=True, choices=["flat", "hnsw", "ivfpq", "binary"])
+    p.add_argument("--pca", type=_positive_int, default=None, help="reduce to D dims by PCA first")
+    p.add_argument("--whiten", action="store_true", help="PCA-whiten (with --pca)")
+    p.add_argument("--target-recall", type=float, default=None, help="tune search (and build) params to reach it")
+    p.add_argument("--json", action="store_true")
 
     p = command("info", cmd_info, "Describe a feature store and list the files that failed.")
     p.add_argument("--store", required=True, type=Path)

@@ -150,7 +150,8 @@ def _load(path: str, previous: FileState | None, embedder: Embedder, max_pixels:
 @dataclass
 class EmbedSummary:
     """Counts of one `embed` run: `skipped` files were already in the store, unchanged; `failures`
-    lists each file that could not be embedded in this run with the reason."""
+    lists each file that could not be embedded in this run with the reason; `index` reports how the
+    store's ANN index (if it has one) was updated with the new rows."""
 
     embedded: int = 0
     skipped: int = 0
@@ -158,6 +159,7 @@ class EmbedSummary:
     seconds: float = 0.0
     store: str = ""
     failures: list[dict[str, str]] = field(default_factory=list)
+    index: dict[str, object] | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -218,6 +220,10 @@ def embed(
         if todo:
             embedder = Embedder(feature_store.config, threads=threads)
             _run(todo, embedder, writer, summary, batch_size, workers, shard_size, max_pixels, progress)
+    if summary.embedded:
+        from .index import update_store_index
+
+        summary.index = update_store_index(feature_store.root)
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -1,7 +1,8 @@
-"""Exact nearest-neighbour search over a feature store: cosine similarity with a FAISS flat index.
+"""Nearest-neighbour search over a feature store by cosine similarity.
 
-Vectors are L2-normalized, so the inner product FAISS computes is the cosine similarity. Queries are
-embedded with exactly the store's model, layer, pooling and views (the store's `Embedder`).
+The store's own index (`offshelf index build`, saved in the store) is used when there is one; otherwise
+an exact FAISS flat index over the L2-normalized vectors. Queries are embedded with exactly the store's
+model, layer, pooling and views (the store's `Embedder`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from .errors import OffshelfError
@@ -41,11 +41,14 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 class Searcher:
     """Searches one store. Build once, query many times; `search_*` are safe to call from several threads."""
 
-    def __init__(self, store: FeatureStore | str | Path, *, threads: int | None = None) -> None:
+    def __init__(self, store: FeatureStore | str | Path, *, exact: bool = False, threads: int | None = None) -> None:
+        from .index import build_index, load_store_index  # sklearn/FAISS only when searching
+
         self.store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
-        self.ids, self.paths, vectors = self.store.vectors()
-        self.index = faiss.IndexFlatIP(self.store.config.dim)
-        self.index.add(l2_normalize(vectors))
+        ids, paths, vectors = self.store.vectors()
+        self._path_of = dict(zip(ids.tolist(), paths))
+        saved = None if exact else load_store_index(self.store.root)
+        self.index = saved or build_index(vectors, ids, "flat", identity=self.store.config.identity())
         self._threads = threads
         self._embedder: Embedder | None = None
 
@@ -57,7 +60,7 @@ class Searcher:
         return self._embedder
 
     def __len__(self) -> int:
-        return self.index.ntotal
+        return len(self._path_of)
 
     def search_vectors(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """The `k` nearest stored items of each query vector, best first."""
@@ -66,15 +69,13 @@ class Searcher:
         queries = np.atleast_2d(queries)
         if queries.shape[1] != self.store.config.dim:
             raise OffshelfError(f"query vectors have dim {queries.shape[1]}, the store has {self.store.config.dim}")
-        scores, positions = self.index.search(l2_normalize(queries), min(k, max(len(self), 1)))
-        return [
-            [
-                Hit(rank, int(self.ids[pos]), self.paths[pos], float(score))
-                for rank, (score, pos) in enumerate(zip(row_scores, row_pos), start=1)
-                if pos >= 0
-            ]
-            for row_scores, row_pos in zip(scores, positions)
-        ]
+        scores, found = self.index.search(queries, min(k, max(len(self), 1)))
+        results = []
+        for row_scores, row_ids in zip(scores, found):
+            # ids the store no longer holds (an index not yet updated) are dropped, never shown
+            live = [(int(i), float(s)) for s, i in zip(row_scores, row_ids) if i >= 0 and int(i) in self._path_of]
+            results.append([Hit(rank, i, self._path_of[i], s) for rank, (i, s) in enumerate(live, start=1)])
+        return results
 
     def search_files(self, paths: Sequence[str | Path], k: int = 10) -> list[list[Hit]]:
         """Embed image files as queries and search; ImageDecodeError if a query cannot be read."""

@@ -1,0 +1,30 @@
+"""Approximate nearest-neighbour indexes over feature-store vectors, one interface, FAISS underneath.
+
+Kinds: `flat` (exact), `hnsw` (graph), `ivfpq` (inverted lists + product quantization, optional exact
+re-ranking), `binary` (ITQ sign codes by Hamming distance, optional exact re-ranking); each optionally after
+PCA / PCA-whitening to `pca` dimensions. Cosine similarity throughout: vectors are L2-normalized before and
+after PCA, and the index ranks by inner product.
+
+    index = build_index(vectors, ids, "hnsw", pca=256)
+    scores, ids = index.search(queries, k=10)          # (nq, k) float32, (nq, k) int64; -1 pads
+    index.add(new_vectors, new_ids); index.remove(old_ids)
+    measure_recall(index, vectors, ids)                # {"recall_at_1", "recall_at_10", "qps", ...}
+    index, report = tune(index, 0.95, vectors, ids)
+    index.save(directory); VectorIndex.load(directory)
+
+For a feature store: `build_store_index`, `load_store_index`, `update_store_index`. See docs/index.md.
+"""
+
+from .base import VectorIndex, build_index
+from .itq import ITQ
+from .kinds import BinaryIndex, FlatIndex, HNSWIndex, IVFPQIndex
+from .recall import RecallProbe, measure_recall, tune
+from .stores import INDEX_DIR, build_store_index, load_store_index, update_store_index
+
+KINDS = ("flat", "hnsw", "ivfpq", "binary")
+
+__all__ = [
+    "KINDS", "INDEX_DIR", "VectorIndex", "FlatIndex", "HNSWIndex", "IVFPQIndex", "BinaryIndex", "ITQ",
+    "build_index", "measure_recall", "tune", "RecallProbe",
+    "build_store_index", "load_store_index", "update_store_index",
+]
