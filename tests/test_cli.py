@@ -140,5 +140,14 @@ def test_index_build_then_search_uses_it(tmp_path: Path, small_photo_set: list[P
     hits = json.loads(offshelf("search", str(photos[0]), "--store", store, "-k", "1", "--json").stdout)
     assert hits[0]["path"] == str(photos[0])
 
+    # removed items never come back, through the index or after a reload
+    removed = offshelf("remove", "--store", store, str(photos[0]), "--json")
+    assert removed.returncode == 0, removed.stderr
+    assert json.loads(removed.stdout)["removed"] == [str(photos[0])]
+    hits = json.loads(offshelf("search", str(photos[0]), "--store", store, "-k", "20", "--json").stdout)
+    assert str(photos[0]) not in [h["path"] for h in hits] and len(hits) == 20
+    missing = offshelf("remove", "--store", store, str(photos[0]))
+    assert missing.returncode == 2 and "not in store" in missing.stderr
+
     bad = offshelf("index", "build", "--store", store, "--kind", "lsh")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr

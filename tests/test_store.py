@@ -88,3 +88,17 @@ def test_shard_numbers_continue_after_reopen(tmp_path: Path) -> None:
     commit(FeatureStore.open(tmp_path / "s"), {"/c": np.ones(4)})
     assert sorted(p.name for p in (tmp_path / "s").rglob("0*.parquet")) == [
         "00000001.parquet", "00000002.parquet", "00000003.parquet"]
+
+
+def test_removed_items_are_gone_until_embedded_again(tmp_path: Path) -> None:
+    store = FeatureStore.open_or_create(tmp_path / "s", CONFIG)
+    commit(store, {"/a": np.ones(4), "/b": np.full(4, 2.0), "/c": np.full(4, 3.0)})
+    assert store.remove(paths=["/a"], ids=[path_id("/c")]) == ["/a", "/c"]
+    _, paths, vectors = FeatureStore.open(tmp_path / "s").vectors()
+    assert paths == ["/b"] and vectors.shape == (1, 4)
+    assert "/a" not in store.known_files()  # a later embed run would add it again, as a new item
+    with pytest.raises(StoreError, match="not in store"):
+        store.remove(paths=["/a"])
+    commit(store, {"/a": np.full(4, 7.0)})
+    _, paths, vectors = store.vectors()
+    assert paths == ["/b", "/a"] and vectors[1, 0] == 7.0

@@ -98,6 +98,22 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_remove(args: argparse.Namespace) -> int:
+    from .index import update_store_index
+    from .store import FeatureStore
+
+    if not args.paths and not args.ids:
+        raise OffshelfError("name the items to remove: image paths and/or --id N")
+    store = FeatureStore.open(args.store)
+    removed = store.remove(paths=[str(Path(p).resolve()) for p in args.paths], ids=args.ids)
+    index = update_store_index(store.root)
+    if args.json:
+        _print_json({"removed": removed, "index": index})
+        return EXIT_OK
+    print(f"removed {len(removed)} items from {store.root}" + (" and its index" if index else ""))
+    return EXIT_OK
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .store import FeatureStore
 
@@ -226,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pca", type=_positive_int, default=None, help="reduce to D dims by PCA first")
     p.add_argument("--whiten", action="store_true", help="PCA-whiten (with --pca)")
     p.add_argument("--target-recall", type=float, default=None, help="tune search (and build) params to reach it")
+    p.add_argument("--json", action="store_true")
+
+    p = command("remove", cmd_remove, "Remove items from a store (and its index) so they are never found again.")
+    p.add_argument("--store", required=True, type=Path)
+    p.add_argument("paths", nargs="*", metavar="PATH", help="stored image paths")
+    p.add_argument("--id", dest="ids", type=int, action="append", default=[], help="a stored item id (repeatable)")
     p.add_argument("--json", action="store_true")
 
     p = command("info", cmd_info, "Describe a feature store and list the files that failed.")

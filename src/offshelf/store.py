@@ -5,20 +5,21 @@ Layout of a store directory::
     manifest.json          what the features are (model, layer, pooling, views, dim, offshelf version)
     shards/00000001.parquet  rows: id, path, sha256, size, mtime_ns, embedding (float32[dim])
     errors/00000001.parquet  rows: id, path, sha256, size, mtime_ns, reason (files that failed)
+    removed/00000003.parquet rows: id, path (items removed from the collection)
     .lock                  held by the one writer
 
 Every shard is written atomically (see `fsio`), so the shard files present are the committed state: a
 run killed part-way loses only the shard it was writing, and the next run redoes exactly those files.
 Shards are numbered in commit order; when a path appears again (its file changed), the newest row wins,
 so reading always gives one row per path. An error row counts only while it is newer than the last
-successful embedding of that path.
+successful embedding of that path; a removal hides the item until it is embedded again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 SHARDS_DIR = "shards"
 ERRORS_DIR = "errors"
+REMOVED_DIR = "removed"
+EVENT_DIRS = (SHARDS_DIR, ERRORS_DIR, REMOVED_DIR)
 # Fields of a manifest that must agree for two sets of features to share a store.
 IDENTITY_FIELDS = ("model", "layer", "pool", "augment", "dim")
 
@@ -84,6 +87,8 @@ def _embedding_schema(dim: int) -> pa.Schema:
         ]
     )
 
+
+REMOVED_SCHEMA = pa.schema([("id", pa.int64()), ("path", pa.string())])
 
 ERROR_SCHEMA = pa.schema(
     [
@@ -136,6 +141,13 @@ def _latest_by_id(table: pa.Table) -> pa.Table:
     return table.take(pa.array(keep))
 
 
+def _newer_than(table: pa.Table, other: pa.Table) -> pa.Table:
+    """The rows of `table` whose id has no row in `other` with a later `seq`."""
+    last = dict(zip(other.column("id").to_pylist(), other.column("seq").to_pylist()))
+    keep = [last.get(i, -1) < seq for i, seq in zip(table.column("id").to_pylist(), table.column("seq").to_pylist())]
+    return table.filter(pa.array(keep, pa.bool_()))
+
+
 def _write_parquet(path: Path, table: pa.Table) -> None:
     atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
@@ -184,7 +196,7 @@ class FeatureStore:
     def writer(self) -> Iterator[StoreWriter]:
         """Exclusive write access: one writer per store at a time (others fail with StoreError)."""
         with exclusive_lock(self.root / ".lock", f"feature store {self.root}"):
-            for sub in (SHARDS_DIR, ERRORS_DIR):
+            for sub in EVENT_DIRS:
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
                 remove_stale_tmp_files(self.root / sub)
             yield StoreWriter(self)
@@ -208,16 +220,13 @@ class FeatureStore:
 
     def table(self) -> pa.Table:
         """One row per stored item (the newest), in commit order, with a `seq` (shard) column."""
-        return _latest_by_id(self._read_all(SHARDS_DIR, _embedding_schema(self.config.dim)))
+        latest = _latest_by_id(self._read_all(SHARDS_DIR, _embedding_schema(self.config.dim)))
+        return _newer_than(latest, _latest_by_id(self._read_all(REMOVED_DIR, REMOVED_SCHEMA)))
 
     def errors(self) -> pa.Table:
         """Files whose latest attempt failed, with the reason."""
         failed = _latest_by_id(self._read_all(ERRORS_DIR, ERROR_SCHEMA))
-        embedded = self.table()
-        last_ok = dict(zip(embedded.column("id").to_pylist(), embedded.column("seq").to_pylist()))
-        ids, seqs = failed.column("id").to_pylist(), failed.column("seq").to_pylist()
-        still_failing = [last_ok.get(i, -1) < s for i, s in zip(ids, seqs)]
-        return failed.filter(pa.array(still_failing, pa.bool_()))
+        return _newer_than(failed, self.table())
 
     def vectors(self) -> tuple[np.ndarray, list[str], np.ndarray]:
         """`(ids int64 (n,), paths, embeddings float32 (n, dim))` of every stored item."""
@@ -231,6 +240,19 @@ class FeatureStore:
         table = self.table().select(["path", "sha256", "size", "mtime_ns"]).to_pylist()
         return {r["path"]: FileState(r["sha256"], r["size"], r["mtime_ns"]) for r in table}
 
+    def remove(self, paths: Sequence[str] = (), ids: Sequence[int] = ()) -> list[str]:
+        """Remove items by path and/or id; returns the removed paths. StoreError names any unknown item."""
+        table = self.table().select(["id", "path"])
+        wanted_ids = {int(i) for i in ids} | {path_id(str(p)) for p in paths}
+        known = set(table.column("id").to_pylist())
+        unknown = sorted(wanted_ids - known)
+        if unknown:
+            raise StoreError(f"{len(unknown)} of the items to remove are not in store {self.root} (e.g. id {unknown[0]})")
+        chosen = table.filter(pa.array([i in wanted_ids for i in table.column("id").to_pylist()], pa.bool_()))
+        with self.writer() as writer:
+            writer.remove(chosen)
+        return chosen.column("path").to_pylist()
+
     def __len__(self) -> int:
         return self.table().num_rows
 
@@ -240,7 +262,7 @@ class StoreWriter:
 
     def __init__(self, store: FeatureStore) -> None:
         self.store = store
-        existing = [int(p.stem) for sub in (SHARDS_DIR, ERRORS_DIR) for p in store._shard_files(sub)]
+        existing = [int(p.stem) for sub in EVENT_DIRS for p in store._shard_files(sub)]
         self._next_seq = max(existing, default=0) + 1
 
     def commit(self, rows: ShardRows) -> None:
@@ -253,3 +275,10 @@ class StoreWriter:
         if rows.errors:
             _write_parquet(self.store.root / ERRORS_DIR / name, rows.error_table())
         self._next_seq += 1
+
+    def remove(self, items: pa.Table) -> None:
+        """Remove stored items (a table with `id` and `path` columns) from the collection."""
+        if items.num_rows:
+            table = pa.table({"id": items.column("id"), "path": items.column("path")}, schema=REMOVED_SCHEMA)
+            _write_parquet(self.store.root / REMOVED_DIR / f"{self._next_seq:08d}.parquet", table)
+            self._next_seq += 1
