@@ -9,3 +9,7 @@ class OffshelfError(Exception):
 
 class StoreError(OffshelfError):
     """A feature store is missing, unreadable, or was asked to mix incompatible features."""
+
+
+class BusyError(OffshelfError):
+    """Another process holds the lock on a store, index or cache entry; retry when it is done."""

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import OffshelfError
+from .errors import BusyError
 
 TMP_PREFIX = ".tmp-"
 FILE_MODE = 0o644
@@ -77,7 +77,7 @@ def exclusive_lock(lock_path: Path, what: str) -> Iterator[None]:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise OffshelfError(f"{what} is in use by another process (lock {lock_path})") from None
+            raise BusyError(f"{what} is in use by another process (lock {lock_path})") from None
         try:
             yield
         finally:
