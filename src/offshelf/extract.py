@@ -33,16 +33,12 @@ from .images import (
     views_min_size,
 )
 from .models import DEFAULT_MODEL, ModelSpec, get_model_spec, load_backbone
+from .models.runtime import available_cores
 from .pooling import Pooling
 from .store import FeatureStore, FileState, StoreConfig, StoreWriter
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_SHARD_SIZE = 1024
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0))
 
 
 def make_config(spec: ModelSpec, layer: str | None = None, pool: str | None = None, augment: str = "none") -> StoreConfig:

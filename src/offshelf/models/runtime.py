@@ -63,11 +63,16 @@ def load_backbone(model: str | ModelSpec, *, threads: int | None = None) -> Back
     return Backbone(spec, session, count)
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
 def resolve_threads(threads: int | None) -> int:
     """`threads`, else `$OFFSHELF_ORT_THREADS`, else the cores available to this process."""
     if threads is None:
         configured = os.environ.get(THREADS_ENV)
-        threads = int(configured) if configured else len(os.sched_getaffinity(0))
+        threads = int(configured) if configured else available_cores()
     if threads < 1:
         raise ModelError(f"ONNX Runtime needs at least one thread, got {threads}")
     return threads
