@@ -180,6 +180,16 @@ def cmd_probe_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+BENCHMARKS = {"embed": "throughput"}  # `offshelf bench NAME` -> module offshelf.bench.<module> with main(argv)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(f".bench.{BENCHMARKS[args.benchmark]}", __package__)
+    return int(module.main(args.options))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import format_demo, run_demo
 
@@ -285,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, type=Path)
     labels_options(p)
     p.add_argument("--json", action="store_true")
+
+    p = command("bench", cmd_bench, "Run a benchmark; options after the name go to it (see `offshelf bench NAME -h`).")
+    p.add_argument("benchmark", choices=sorted(BENCHMARKS))
+    p.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options, e.g. --quick --json")
 
     p = command("demo", cmd_demo, "Embed the bundled photos and find them again from edited copies.")
     p.add_argument("--store", type=Path, default=None, help="where to keep the demo store")
