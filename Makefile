@@ -26,7 +26,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python benchmarks/embed_throughput.py
+	$(BIN)/offshelf bench embed
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
