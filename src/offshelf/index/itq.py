@@ -27,12 +27,17 @@ def _quantize(V: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 class ITQ:
-    """Learns `mean_`, `components_` (n_bits x d, PCA) and `rotation_` (n_bits x n_bits, orthogonal)."""
+    """Learns `mean_`, `components_` (n_bits x d, PCA) and `rotation_` (n_bits x n_bits, orthogonal).
 
-    def __init__(self, n_bits: int, n_iter: int = 50, random_state: int = 0) -> None:
+    Iterates at most `n_iter` times, stopping early once the quantization loss falls by less than `tol`
+    (relative) in one iteration.
+    """
+
+    def __init__(self, n_bits: int, n_iter: int = 50, random_state: int = 0, tol: float = 1e-4) -> None:
         self.n_bits = n_bits
         self.n_iter = n_iter
         self.random_state = random_state
+        self.tol = tol
 
     def fit(self, X: np.ndarray) -> ITQ:
         X = np.asarray(X, dtype=np.float64)
@@ -51,6 +56,8 @@ class ITQ:
             R = u @ vt
             B, loss = _quantize(V, R)
             self.loss_.append(loss)
+            if self.loss_[-2] - loss <= self.tol * self.loss_[-2]:
+                break  # converged: further iterations would not change the codes measurably
         self.rotation_ = R
         return self
 

@@ -93,7 +93,9 @@ class IVFPQIndex(VectorIndex):
             raise OffshelfError(f"ivfpq needs at least {2**PQ_BITS} vectors to train its quantizers, got {n}; "
                                 "use flat or hnsw")
         nlist = int(params["nlist"] or np.clip(4 * np.sqrt(n), 1, min(n // 39, 65536)))
-        m = int(params["m"] or _largest_divisor(self.d, self.d // 4))
+        # d/4 bytes (320 at d=1280) trains for minutes and scans slower than brute force; 64 bytes plus
+        # re-ranking reaches recall@10 0.95 (unchanged for d <= 256)
+        m = int(params["m"] or _largest_divisor(self.d, min(self.d // 4, 64)))
         if not 1 <= nlist <= n or self.d % m:
             raise OffshelfError(f"ivfpq needs 1 <= nlist <= n ({n}) and m dividing the dimension {self.d}; "
                                 f"got nlist={nlist}, m={m}")
