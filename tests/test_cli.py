@@ -151,3 +151,28 @@ def test_index_build_then_search_uses_it(tmp_path: Path, small_photo_set: list[P
 
     bad = offshelf("index", "build", "--store", store, "--kind", "lsh")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_align_search_align_and_index_upgrade(tmp_path: Path, small_photo_set: list[Path]) -> None:
+    images = [str(p) for p in small_photo_set[:40]]
+    old, new, map_dir = str(tmp_path / "old"), str(tmp_path / "new"), str(tmp_path / "map")
+    assert offshelf("embed", *images, "--store", old, "--quiet").returncode == 0
+    assert offshelf("embed", *images, "--store", new, "--model", "efficientnet-lite2", "--quiet").returncode == 0
+
+    aligned = offshelf("align", "--old", old, "--new", new, "--out", map_dir, "--json")
+    assert aligned.returncode == 0, aligned.stderr
+    report = json.loads(aligned.stdout)
+    assert report["method"] == "procrustes" and report["holdout_cosine"] > 0.5
+    swapped = offshelf("align", "--old", new, "--new", new, "--out", str(tmp_path / "m2"))
+    assert swapped.returncode == 2
+
+    # a new-model query searches the old store through the map; the map's own training images come first
+    hits = json.loads(offshelf("search", images[3], "--store", old, "--align", map_dir, "-k", "3", "--json").stdout)
+    assert hits[0]["path"] == images[3]
+
+    upgraded = offshelf("index", "upgrade", "--store", old, "--align", map_dir, "--new-store",
+                        str(tmp_path / "upgraded"), "--quiet", "--json")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert json.loads(upgraded.stdout)["switched"] is True
+    after = json.loads(offshelf("search", images[3], "--store", old, "-k", "1", "--json").stdout)
+    assert after[0]["path"] == images[3] and after[0]["score"] == pytest.approx(1.0, abs=1e-3)

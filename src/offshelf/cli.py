@@ -70,9 +70,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .search import search
+    if args.align is not None:
+        from .upgrade import aligned_search
 
-    hits = search(args.query, args.store, k=args.k)
+        hits = aligned_search(args.query, args.store, args.align, k=args.k)
+    else:
+        from .search import search
+
+        hits = search(args.query, args.store, k=args.k)
     if args.json:
         _print_json([hit.to_dict() for hit in hits])
         return EXIT_OK
@@ -111,6 +116,38 @@ def cmd_remove(args: argparse.Namespace) -> int:
         _print_json({"removed": removed, "index": index})
         return EXIT_OK
     print(f"removed {len(removed)} items from {store.root}" + (" and its index" if index else ""))
+    return EXIT_OK
+
+
+def cmd_index_upgrade(args: argparse.Namespace) -> int:
+    from .upgrade import upgrade_command
+
+    report = upgrade_command(args.store, args.align, args.new_store, progress=not args.quiet)
+    if args.json:
+        _print_json(report)
+    else:
+        outcome = "switched: searches of the old store now use the new one" if report["switched"] else "not switched"
+        print(f"re-embedded {report['embedded']} of {report.get('items', 0)} items ({report['failed']} failed) "
+              f"into {report['new_store']} in {report['seconds']:.1f} s; {outcome}")
+    if not report["switched"]:
+        print(f"offshelf: error: {report.get('message', 'the upgrade did not switch')}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from .align import align_command
+
+    report = align_command(args.old, args.new, args.out, args.method)
+    if args.json:
+        _print_json(report)
+        return EXIT_OK
+    if report["holdout_cosine"] is None:
+        held = "no held-out pairs"
+    else:
+        held = (f"held out {report['n_holdout']}: cosine {report['holdout_cosine']:.3f}, top-1 "
+                f"{report['holdout_top1']:.3f} (whole store {report['holdout_top1_all']:.3f})")
+    print(f"{report['method']} map from {report['n_pairs']} pairs; {held} -> {report['map']}")
     return EXIT_OK
 
 
@@ -241,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", type=Path, metavar="QUERY_IMAGE")
     p.add_argument("--store", required=True, type=Path)
     p.add_argument("-k", type=_positive_int, default=10, help="number of results")
+    p.add_argument("--align", type=Path, default=None, metavar="MAP_DIR",
+                   help="embed the query with the map's new model and map it into the store's space")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     index = command("index", None, "Approximate nearest-neighbour indexes kept with a store.")
@@ -252,6 +291,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pca", type=_positive_int, default=None, help="reduce to D dims by PCA first")
     p.add_argument("--whiten", action="store_true", help="PCA-whiten (with --pca)")
     p.add_argument("--target-recall", type=float, default=None, help="tune search (and build) params to reach it")
+    p.add_argument("--json", action="store_true")
+    p = index_sub.add_parser("upgrade", help="re-embed the store with the map's new model, then switch searches to it")
+    p.set_defaults(handler=cmd_index_upgrade)
+    p.add_argument("--store", required=True, type=Path, help="the old store")
+    p.add_argument("--align", required=True, type=Path, metavar="MAP_DIR", help="map fitted by `offshelf align`")
+    p.add_argument("--new-store", type=Path, default=None, help="the new store (default: OLD-<new model> beside it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true")
+
+    p = command("align", cmd_align, "Fit a map from a new model's embeddings into an old model's.")
+    p.add_argument("--old", required=True, type=Path, help="store of the old model")
+    p.add_argument("--new", required=True, type=Path, help="store of the new model (the same images, matched by path)")
+    p.add_argument("--out", required=True, type=Path, metavar="MAP_DIR", help="where to save the map")
+    p.add_argument("--method", choices=["procrustes", "linear", "mlp"], default="procrustes")
     p.add_argument("--json", action="store_true")
 
     p = command("remove", cmd_remove, "Remove items from a store (and its index) so they are never found again.")

@@ -43,8 +43,10 @@ class Searcher:
 
     def __init__(self, store: FeatureStore | str | Path, *, exact: bool = False, threads: int | None = None) -> None:
         from .index import build_index, load_store_index  # sklearn/FAISS only when searching
+        from .upgrade import resolve_store
 
-        self.store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
+        # an upgraded store (marker STORE/upgrade.json, see offshelf.upgrade) is searched in its new store
+        self.store = resolve_store(store)
         ids, paths, vectors = self.store.vectors()
         self._path_of = dict(zip(ids.tolist(), paths))
         saved = None if exact else load_store_index(self.store.root)
