@@ -485,7 +485,8 @@ def run_sweep(out_dir: str | Path = Path("benchmarks/results"), *, tasks: Sequen
 
 def build_parser(prog: str = "offshelf bench classify") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="The paper's recognition table on the offline data.")
-    parser.add_argument("--quick", action="store_true", help="tiny version (efficientnet-lite0, a few images per class)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny version (efficientnet-lite0, a few images per class)")
     parser.add_argument("--sweep", action="store_true", help="also sweep lite0 layers x pooling (classify_sweep.*)")
     parser.add_argument("--models", default=None,
                         help=f"comma-separated models (default: {','.join(DEFAULT_MODELS)}; --quick: lite0)")
@@ -505,7 +506,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "offshelf bench classify
         try:
             n_train, n_test = (int(x) for x in args.fmnist_per_class.split(","))
         except ValueError:
-            raise OffshelfError(f"--fmnist-per-class takes TRAIN,TEST (two whole numbers), got {args.fmnist_per_class!r}")
+            raise OffshelfError(
+                f"--fmnist-per-class takes TRAIN,TEST (two whole numbers), got {args.fmnist_per_class!r}"
+            ) from None
         per_class = (n_train, n_test)
     result = run_classify(args.out, models=models, quick=args.quick, sweep=args.sweep, progress=not args.json,
                           fashion_mnist_per_class=per_class)

@@ -121,7 +121,8 @@ def _canonical(model: str, layer: str | None, pool: str | None) -> tuple[str | N
 
 def store_features(name: str, paths: Sequence[str | Path], *, model: str, layer: str | None = None,
                    pool: str | None = None, augment: str = "none", progress: bool = True) -> np.ndarray:
-    """`(len(paths), D)` descriptors of `paths`, in order, from the shared benchmark store (embedding what is missing)."""
+    """`(len(paths), D)` descriptors of `paths`, in order, from the shared benchmark store (embedding what is
+    missing)."""
     layer, pool = _canonical(model, layer, pool)
     wanted = _resolved(paths)
     store = _complete_store(name, wanted, model, layer, pool, augment)

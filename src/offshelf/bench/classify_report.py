@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,20 @@ def _augmented_detail(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _noise(result: dict[str, Any]) -> str:
+    """How much one test image and sampling noise move an accuracy, per task."""
+    parts = []
+    for task in result["tasks"].values():
+        n = task["n_test"]
+        parts.append(f"{task['title']} (n = {n}): one image = {100 / n:.2f} points, 95% interval of an 85% "
+                     f"accuracy ±{196 * math.sqrt(0.85 * 0.15 / n):.1f} points")
+    return ("Test sets are small, read differences accordingly: " + "; ".join(parts) + ". Columns of a row "
+            "share their test images, so differences between them are less noisy than these intervals suggest.")
+
+
 def _findings(result: dict[str, Any]) -> list[str]:
     labels = {c["key"]: column_label(c) for c in result["columns"]}
-    lines = []
+    lines = [_noise(result), ""]
     for key, found in result["findings"].items():
         title = result["tasks"][key]["title"]
         bar = found["best_baseline"]
@@ -83,8 +95,8 @@ def _findings(result: dict[str, Any]) -> list[str]:
         ge = [_model(m) for m, ok in found["augmented_ge_plain"].items() if ok]
         lt = [_model(m) for m, ok in found["augmented_ge_plain"].items() if not ok]
         lines.append(
-            f"  Augmented >= plain for: {', '.join(ge) or 'none'}" + (f"; below plain for: {', '.join(lt)}" if lt else "")
-            + "."
+            f"  Augmented >= plain for: {', '.join(ge) or 'none'}"
+            + (f"; below plain for: {', '.join(lt)}" if lt else "") + "."
         )
     return lines
 
