@@ -217,7 +217,7 @@ def cmd_probe_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-BENCHMARKS = {"embed": "throughput", "classify": "classify", "retrieval": "retrieval"}  # `offshelf bench NAME` -> module offshelf.bench.<module> with main(argv)
+BENCHMARKS = {"embed": "throughput", "classify": "classify", "retrieval": "retrieval", "compat": "compat"}  # `offshelf bench NAME` -> module offshelf.bench.<module> with main(argv)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,10 +42,9 @@ from typing import Any
 import numpy as np
 
 from ..expansion import average_query_expansion, database_side_augmentation
-from ..fsio import atomic_write_bytes
 from ..search import l2_normalize
 from .retrieval_codes import bytes_vs_map
-from .retrieval_data import FULL, QUICK, class_retrieval_set, copy_detection_set
+from .retrieval_data import FULL, QUICK, CopyDetectionSet, class_retrieval_set, copy_detection_set
 from .retrieval_eval import (
     LIST_DEPTH,
     apply,
@@ -61,9 +58,10 @@ from .retrieval_eval import (
     pipeline_dim,
     summarize_ranks,
 )
+from .runinfo import StageClock, environment_info, write_json
 from .stores import dataset_store
 
-__all__ = ["DEFAULT_MODELS", "run_retrieval"]
+__all__ = ["DEFAULT_MODELS", "embedded_everywhere", "embedded_sets", "run_retrieval"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("efficientnet-lite0", "efficientnet-lite2", "open-nsfw-resnet")
 EXTRAS_MODEL = "efficientnet-lite0"
@@ -72,37 +70,6 @@ DBA_K = 2
 SPATIAL_LEVELS = 3
 QUICK_SPATIAL_LEVELS = 2
 FAMILY_ORDER = ("crop", "scale", "rotation", "jpeg", "colour", "blur", "text")
-
-
-class _Clock:
-    """Elapsed seconds per stage, and log lines stamped with the time since the start."""
-
-    def __init__(self, progress: bool) -> None:
-        self.start = time.perf_counter()
-        self.progress = progress
-        self.seconds: dict[str, float] = {}
-
-    def log(self, message: str) -> None:
-        if self.progress:
-            print(f"[{time.perf_counter() - self.start:7.1f}s] {message}", file=sys.stderr, flush=True)
-
-    def stage(self, name: str) -> _Stage:
-        return _Stage(self, name)
-
-
-class _Stage:
-    def __init__(self, clock: _Clock, name: str) -> None:
-        self.clock, self.name = clock, name
-
-    def __enter__(self) -> _Stage:
-        self.clock.log(f"{self.name} ...")
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        seconds = time.perf_counter() - self.t0
-        self.clock.seconds[self.name] = round(self.clock.seconds.get(self.name, 0.0) + seconds, 2)
-        self.clock.log(f"{self.name}: {seconds:.1f} s")
 
 
 def _store_vectors(name: str, paths: Sequence[Path], model: str, pool: str, progress: bool) -> dict[str, np.ndarray]:
@@ -124,23 +91,39 @@ def _rows(found: dict[str, np.ndarray], paths: Sequence[Path], dim: int) -> tupl
     return out, present
 
 
-def _environment() -> dict[str, Any]:
-    import faiss
-    import onnxruntime
-    import sklearn
+def embedded_sets(data: CopyDetectionSet, class_paths: Sequence[Path] | None, model: str, pool: str,
+                  progress: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every image set of the benchmark embedded with `model`/`pool` through the shared stores: set name
+    ("originals", "queries", "distractors:<source>", and "class" if `class_paths`) -> (vectors in the set's
+    order, zeros where missing; mask of the rows present)."""
+    sets = {"originals": ("copydays-originals", data.originals),
+            "queries": ("copydays-queries", data.queries),
+            **{f"distractors:{s}": (f"{s}-distractors" if s != "fashion-mnist" else "fashion-mnist", paths)
+               for s, paths in data.distractors.items()}}
+    if class_paths is not None:
+        sets["class"] = ("openclipart", class_paths)
+    parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for key, (store_name, paths) in sets.items():
+        found = _store_vectors(store_name, paths, model, pool, progress)
+        dim = len(next(iter(found.values()))) if found else 1
+        parts[key] = _rows(found, paths, dim)
+    return parts
 
-    from .._version import __version__
 
-    return {
-        "offshelf": __version__, "python": platform.python_version(), "machine": platform.machine(),
-        "cores": os.cpu_count(), "numpy": np.__version__, "onnxruntime": onnxruntime.__version__,
-        "faiss": faiss.__version__, "scikit-learn": sklearn.__version__,
-        "load_average_at_start": list(os.getloadavg()),
-    }
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False, default=float) + "\n").encode())
+def embedded_everywhere(parts_by_model: Iterable[dict[str, tuple[np.ndarray, np.ndarray]]],
+                        sources: Sequence[str]) -> np.ndarray:
+    """Mask of the distractors (all sources, in order) that every `embedded_sets` result holds; RuntimeError
+    if an original, query or class image is missing from any (those are never silently dropped)."""
+    keep: np.ndarray | None = None
+    for parts in parts_by_model:
+        present = np.concatenate([parts[f"distractors:{s}"][1] for s in sources])
+        keep = present if keep is None else keep & present
+        for key in ("originals", "queries") + (("class",) if "class" in parts else ()):
+            if not parts[key][1].all():
+                raise RuntimeError(f"some {key} images could not be embedded; see the store's errors table")
+    if keep is None:
+        raise ValueError("no embedded sets given")
+    return keep
 
 
 def run_retrieval(
@@ -164,11 +147,11 @@ def run_retrieval(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     models = list(dict.fromkeys(models))
-    clock = _Clock(progress)
+    clock = StageClock(progress)
     sizes = QUICK if quick else FULL
     levels = spatial_levels or (QUICK_SPATIAL_LEVELS if quick else SPATIAL_LEVELS)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    environment = _environment()
+    environment = environment_info()
 
     with clock.stage("data"):
         data = copy_detection_set(sizes)
@@ -185,18 +168,7 @@ def run_retrieval(
     raw: dict[tuple[str, str], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for model, pool in wanted:
         with clock.stage(f"embed {model} {pool}"):
-            parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-            sets = {"originals": ("copydays-originals", data.originals),
-                    "queries": ("copydays-queries", data.queries),
-                    **{f"distractors:{s}": (f"{s}-distractors" if s != "fashion-mnist" else "fashion-mnist",
-                                            data.distractors[s]) for s in sources}}
-            if pool == "gap":
-                sets["class"] = ("openclipart", class_paths)
-            for key, (store_name, paths) in sets.items():
-                found = _store_vectors(store_name, paths, model, pool, progress)
-                dim = len(next(iter(found.values()))) if found else 1
-                parts[key] = _rows(found, paths, dim)
-            raw[(model, pool)] = parts
+            raw[(model, pool)] = embedded_sets(data, class_paths if pool == "gap" else None, model, pool, progress)
 
     # which distractors every store (and the baselines) could read
     with clock.stage("baselines (raw pixels, colour histogram)"):
@@ -208,11 +180,7 @@ def run_retrieval(
         if not first <= i < stop:
             raise RuntimeError(f"cannot decode benchmark image {all_paths[i]}")
         keep[i - first] = False
-    for parts in raw.values():
-        keep &= np.concatenate([parts[f"distractors:{s}"][1] for s in sources])
-        for key in ("originals", "queries") + (("class",) if "class" in parts else ()):
-            if not parts[key][1].all():
-                raise RuntimeError(f"some {key} images could not be embedded; see the store's errors table")
+    keep &= embedded_everywhere(raw.values(), sources)
     distractor_paths = [p for p, k in zip(data.all_distractors, keep) if k]
     source_of = np.concatenate([[s] * len(data.distractors[s]) for s in sources])[keep]
     clock.log(f"{int(keep.sum())} distractors usable ({int((~keep).sum())} unreadable, left out)")
@@ -369,7 +337,7 @@ def run_retrieval(
     files = write_reports(out, copy_detection, class_retrieval, bytes_doc, FAMILY_ORDER)
     for name, obj in (("copy_detection", copy_detection), ("class_retrieval", class_retrieval),
                       ("bytes_vs_map", bytes_doc)):
-        _write_json(out / f"{name}.json", obj)
+        write_json(out / f"{name}.json", obj)
     clock.log(f"done in {total:.0f} s; wrote {', '.join(str(f) for f in files)}")
     return {"copy_detection": copy_detection, "class_retrieval": class_retrieval, "bytes_vs_map": bytes_doc,
             "seconds": common["seconds"], "files": [str(f) for f in files]}

@@ -73,11 +73,15 @@ def summarize_ranks(ranks: np.ndarray, families: Sequence[str], strengths: Seque
     return out
 
 
-def class_retrieval_scores(x: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
-    """Each row queries all the others by inner product; relevant = same label. mAP and precision@1/@10."""
+def class_retrieval_scores(x: np.ndarray, labels: Sequence[str], gallery: np.ndarray | None = None
+                           ) -> dict[str, float]:
+    """Each row queries all the others by inner product; relevant = same label. mAP and precision@1/@10.
+
+    `gallery` (default `x`): the same images as the database side, e.g. as another model embedded them
+    (row i of `gallery` is image i; a query never retrieves its own image)."""
     labels = np.asarray(labels)
     n = len(x)
-    sims = x @ x.T
+    sims = x @ (x if gallery is None else gallery).T
     np.fill_diagonal(sims, -np.inf)
     order = np.argsort(-sims, axis=1, kind="stable")[:, : n - 1]  # the query itself (last) left out
     relevant = [set(np.flatnonzero((labels == labels[q]) & (np.arange(n) != q)).tolist()) for q in range(n)]

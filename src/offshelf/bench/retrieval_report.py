@@ -9,75 +9,75 @@ from typing import Any
 from ..fsio import atomic_write, atomic_write_bytes
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> list[str]:
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> list[str]:
     align = align or "l" + "r" * (len(header) - 1)
     marks = ["---" if a == "l" else "---:" for a in align]
     return ["| " + " | ".join(header) + " |", "| " + " | ".join(marks) + " |",
             *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
 
 
-def _f(x: float | None, digits: int = 3) -> str:
+def fmt(x: float | None, digits: int = 3) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def _seconds(doc: dict[str, Any]) -> list[str]:
+def seconds_table(doc: dict[str, Any]) -> list[str]:
     rows = [(stage, f"{sec:.1f}") for stage, sec in doc["seconds"].items()]
-    return ["## Time (seconds, wall clock, shared 2-core machine)", "", *_table(["stage", "seconds"], rows)]
+    return ["## Time (seconds, wall clock, shared 2-core machine)", "", *md_table(["stage", "seconds"], rows)]
 
 
-def _header(title: str, doc: dict[str, Any]) -> list[str]:
+def report_header(title: str, doc: dict[str, Any], method_doc: str = "docs/retrieval.md") -> list[str]:
     env = doc["environment"]
     quick = " — QUICK smoke run (tiny subset; numbers not meaningful)" if doc["quick"] else ""
     return [f"# {title}{quick}", "",
             f"{doc['started']}; {env['cores']} cores ({env['machine']}); python {env['python']}, offshelf "
             f"{env['offshelf']}, onnxruntime {env['onnxruntime']}, faiss {env['faiss']}, scikit-learn "
             f"{env['scikit-learn']}. Load average at start {env['load_average_at_start'][0]:.1f}, at end "
-            f"{env.get('load_average_at_end', [0])[0]:.1f} (the machine is shared). Method: docs/retrieval.md.", ""]
+            f"{env.get('load_average_at_end', [0])[0]:.1f} (the machine is shared). Method: {method_doc}.", ""]
 
 
 def copy_detection_md(doc: dict[str, Any], family_order: Sequence[str]) -> str:
     proto, methods = doc["protocol"], doc["methods"]
     families = [f for f in family_order if f in proto["families"]] + [
         f for f in proto["families"] if f not in family_order]
-    lines = _header("Copy detection (Copydays-style, offline data)", doc)
+    lines = report_header("Copy detection (Copydays-style, offline data)", doc)
     dist = ", ".join(f"{n:,} {s}" for s, n in proto["distractors"].items())
     lines += [f"{proto['n_originals']} originals, {proto['n_queries']} queries ({len(families)} families x "
               f"{max(len(v) for v in proto['families'].values())} strengths), database {proto['database_size']:,} "
               f"= originals + {proto['n_distractors']:,} distractors ({dist}). One relevant item per query: "
               f"AP = 1/rank of the original. Post-processing: {proto['pipeline']}.", ""]
     lines += ["## mAP, overall and per family", ""]
-    rows = [(name, m["dim"], _f(m["mAP"]), _f(m["recall_at_1"]), _f(m["recall_at_10"]),
-             *(_f(m["families"][f]["mAP"]) for f in families)) for name, m in methods.items()]
-    lines += _table(["method", "dim", "mAP", "R@1", "R@10", *families], rows)
+    rows = [(name, m["dim"], fmt(m["mAP"]), fmt(m["recall_at_1"]), fmt(m["recall_at_10"]),
+             *(fmt(m["families"][f]["mAP"]) for f in families)) for name, m in methods.items()]
+    lines += md_table(["method", "dim", "mAP", "R@1", "R@10", *families], rows)
     lines += ["", "## recall@1 per family", ""]
-    rows = [(name, *(_f(m["families"][f]["recall_at_1"]) for f in families)) for name, m in methods.items()]
-    lines += _table(["method", *families], rows)
+    rows = [(name, *(fmt(m["families"][f]["recall_at_1"]) for f in families)) for name, m in methods.items()]
+    lines += md_table(["method", *families], rows)
     lines += ["", "## mAP per strength (mildest first)", ""]
     names = list(methods)
     keys = [(f, s) for f in families for s in proto["families"][f]]
-    rows = [(f, s, *(_f(methods[n]["families"][f]["strengths"][s]["mAP"]) for n in names)) for f, s in keys]
+    rows = [(f, s, *(fmt(methods[n]["families"][f]["strengths"][s]["mAP"]) for n in names)) for f, s in keys]
     lines += ["Columns: " + "; ".join(f"({i + 1}) {n}" for i, n in enumerate(names)), ""]
-    lines += _table(["family", "strength", *(f"({i + 1})" for i in range(len(names)))], rows, "ll" + "r" * len(names))
+    lines += md_table(["family", "strength", *(f"({i + 1})" for i in range(len(names)))], rows, "ll" + "r" * len(names))
     lines += [""]
     if proto.get("spatial"):
         lines += [f"Spatial search: {proto['spatial']['windows_per_image']} windows per database image "
                   f"({proto['spatial']['layout']}); the query is the full image.", ""]
-    return "\n".join(lines + _seconds(doc)) + "\n"
+    return "\n".join(lines + seconds_table(doc)) + "\n"
 
 
 def class_retrieval_md(doc: dict[str, Any]) -> str:
     proto = doc["protocol"]
-    lines = _header("Class-level retrieval on Open Clip Art", doc)
+    lines = report_header("Class-level retrieval on Open Clip Art", doc)
     lines += [f"{proto['images']} images, {len(proto['classes'])} classes ({', '.join(proto['classes'])}); "
               f"{proto['queries']}. Post-processing fitted on {proto['pipeline_fit']}.", ""]
-    rows = [(name, m["dim"], m["post"], _f(m["mAP"]), _f(m["precision_at_1"]), _f(m["precision_at_10"]))
+    rows = [(name, m["dim"], m["post"], fmt(m["mAP"]), fmt(m["precision_at_1"]), fmt(m["precision_at_10"]))
             for name, m in doc["methods"].items()]
-    lines += _table(["method", "dim", "post-processing", "mAP", "P@1", "P@10"], rows, "lrlrrr") + [""]
-    return "\n".join(lines + _seconds(doc)) + "\n"
+    lines += md_table(["method", "dim", "post-processing", "mAP", "P@1", "P@10"], rows, "lrlrrr") + [""]
+    return "\n".join(lines + seconds_table(doc)) + "\n"
 
 
 def bytes_vs_map_md(doc: dict[str, Any]) -> str:
-    lines = _header("Bytes per vector vs copy-detection mAP", doc)
+    lines = report_header("Bytes per vector vs copy-detection mAP", doc)
     if not doc.get("rows"):
         return "\n".join(lines + ["(not run: needs efficientnet-lite0)"]) + "\n"
     lines += [f"{doc['model']}; full post-processed dimension {doc['pipeline_dim']}. `code bytes`: what one "
@@ -88,8 +88,8 @@ def bytes_vs_map_md(doc: dict[str, Any]) -> str:
     float_bytes = doc["rows"][1]["code_bytes"]
     rows = [(r["name"], f"{r['code_bytes']:g}", f"{float_bytes / r['code_bytes']:.3g}x",
              "—" if r.get("index_bytes_per_vector") is None else f"{r['index_bytes_per_vector']:.0f}",
-             _f(r["mAP"]), _f(r["recall_at_1"]), f"{r['fraction_of_float_mAP']:.1%}") for r in doc["rows"]]
-    lines += _table(["representation", "code bytes", "smaller than float32", "index B/vec", "mAP", "R@1",
+             fmt(r["mAP"]), fmt(r["recall_at_1"]), f"{r['fraction_of_float_mAP']:.1%}") for r in doc["rows"]]
+    lines += md_table(["representation", "code bytes", "smaller than float32", "index B/vec", "mAP", "R@1",
                      "of float mAP"], rows)
     goal = doc.get("goal")
     if goal:
@@ -97,7 +97,7 @@ def bytes_vs_map_md(doc: dict[str, Any]) -> str:
                   f"= {goal['fraction']:.1%} of {goal['float_row']} ({goal['float_mAP']:.3f}): "
                   f"**{'met' if goal['met'] else 'not met'}**."]
     lines += ["", "![bytes vs mAP](bytes_vs_map.png)", ""]
-    return "\n".join(lines + _seconds(doc)) + "\n"
+    return "\n".join(lines + seconds_table(doc)) + "\n"
 
 
 def bytes_vs_map_png(doc: dict[str, Any], path: Path) -> bool:
