@@ -16,7 +16,7 @@ the index answering all the sampled queries as one batch (FAISS uses every core)
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import faiss
@@ -25,6 +25,8 @@ from sklearn.preprocessing import normalize
 
 from ..errors import OffshelfError
 from .base import VectorIndex, as_ids, as_matrix, build_index
+
+EXACT_CHUNK = 65_536
 
 
 def _drop_self(found: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
@@ -43,6 +45,22 @@ def _recall(truth: np.ndarray, found: np.ndarray, k: int) -> float:
     return float(np.mean(hits[counted] / valid.sum(axis=1)[counted])) if counted.any() else 1.0
 
 
+def exact_neighbours(queries: np.ndarray, vectors: np.ndarray, to_space: Callable[[np.ndarray], np.ndarray],
+                     k: int, chunk: int = EXACT_CHUNK) -> np.ndarray:
+    """Row positions (nq, k) of each query's k largest inner products with `to_space(vectors)` (-1 pads).
+
+    The database goes through `to_space` and FAISS brute force `chunk` rows at a time, merged in a heap, so
+    memory stays at one chunk whatever the size (1M x 1280-d vectors would need 5 GB per full copy)."""
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    for start in range(0, len(vectors), chunk):
+        block = np.ascontiguousarray(to_space(vectors[start : start + chunk]), dtype=np.float32)
+        scores, found = faiss.knn(queries, block, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(scores, np.where(found >= 0, found + start, -1))
+    heap.finalize()
+    return heap.I
+
+
 class RecallProbe:
     """Sampled queries with their exact neighbours, computed once, to score settings of one index."""
 
@@ -57,10 +75,8 @@ class RecallProbe:
         self.ks, self.kmax = tuple(k), max(k)
         rows = np.sort(np.random.default_rng(seed).choice(len(raw), min(sample, len(raw)), replace=False))
         self.queries, self.query_ids = raw[rows], ids[rows]
-        space_vectors = index.transform(raw) if space == "index" else normalize(raw)
-        exact = faiss.IndexFlatIP(space_vectors.shape[1])
-        exact.add(space_vectors)
-        _, pos = exact.search(space_vectors[rows], self.kmax + 1)
+        to_space = index.transform if space == "index" else normalize
+        pos = exact_neighbours(to_space(self.queries), raw, to_space, self.kmax + 1)
         self.truth = _drop_self(np.where(pos >= 0, ids[pos], -1), self.query_ids, self.kmax)
 
     def measure(self, index: VectorIndex) -> dict[str, float]:
