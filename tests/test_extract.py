@@ -112,6 +112,20 @@ def test_views_are_averaged(tmp_path: Path, photos: list[Path]) -> None:
     np.testing.assert_allclose(per_view[0, 0], plain.embed_images([rgb])[0], rtol=1e-4, atol=1e-5)
 
 
+def test_batch_size_counts_views(tmp_path: Path, photos: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 16 views per image a batch of 32 model inputs holds 2 images, not 32 (512 inputs)."""
+    seen: list[int] = []
+    real = Embedder.embed_views
+
+    def recording(self: Embedder, views: list) -> np.ndarray:
+        seen.append(sum(len(v) for v in views))
+        return real(self, views)
+
+    monkeypatch.setattr(Embedder, "embed_views", recording)
+    summary = embed(photos[:5], tmp_path / "store", augment="paper", batch_size=32, progress=False)
+    assert summary.embedded == 5 and seen == [32, 32, 16]
+
+
 def test_sigkill_then_resume_gives_exactly_one_row_per_image(tmp_path: Path, small_photo_set: list[Path]) -> None:
     store_dir = tmp_path / "store"
     command = [sys.executable, "-m", "offshelf.cli", "embed", str(small_photo_set[0].parent), "--store", str(store_dir),

@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", default=None, help="layer of the backbone (default: the model's default)")
     p.add_argument("--pool", default=None, help="gap (default), gmp, gem, gem:P, rmac or rmac:L for conv-map layers")
     p.add_argument("--augment", default="none", choices=sorted(VIEW_COUNTS), help="views averaged per image")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32,
+                   help="model inputs per call (with --augment, images x views)")
     p.add_argument("--workers", type=_positive_int, default=None, help="decoding threads (default: cores)")
     p.add_argument("--threads", type=_positive_int, default=None, help="ONNX Runtime threads (default: cores)")
     p.add_argument("--shard-size", type=_positive_int, default=1024, help="images per committed shard")

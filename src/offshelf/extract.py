@@ -195,7 +195,9 @@ def embed(
     Files already in the store with the same bytes are skipped; changed files are re-embedded (the new
     row replaces the old); files that cannot be decoded are recorded in the store's errors table.
     `workers` decoding threads (default: the number of cores) overlap with inference; `threads` sets
-    ONNX Runtime's intra-op threads (default: the number of cores).
+    ONNX Runtime's intra-op threads (default: the number of cores). `batch_size` counts model inputs: with
+    `augment` each image is several views, so a batch holds `batch_size // views` images (at least one), which
+    keeps memory the same whatever the augmentation.
     """
     if batch_size < 1 or shard_size < 1:
         raise OffshelfError("batch size and shard size must be at least 1")
@@ -215,7 +217,8 @@ def embed(
                 todo.append((path, previous))
         if todo:
             embedder = Embedder(feature_store.config, threads=threads)
-            _run(todo, embedder, writer, summary, batch_size, workers, shard_size, max_pixels, progress)
+            images_per_batch = max(1, batch_size // VIEW_COUNTS[augment])
+            _run(todo, embedder, writer, summary, images_per_batch, workers, shard_size, max_pixels, progress)
     if summary.embedded:
         from .index import update_store_index
 
