@@ -20,8 +20,8 @@ ivfpq uses nlist ~ sqrt(n) and m = `--pq-m` (64) instead of offshelf's defaults 
 train too slowly on this machine. Per kind: build through offshelf's API (`<Kind>Index(dim, **params).train(x)` on the whole memmap — which
 samples 100k for training, like `build_index` — then `add` in chunks; re-ranking kinds `add` once, since each
 add copies the kept floats); then raise the search knob on the tuning queries until recall@10 >= target
-(`set_params`; like offshelf's `tune`, which cannot be used as is at 1M — it holds two more full copies of
-the data); then on the evaluation queries: recall@1/10, batch QPS (best of 2), one-at-a-time QPS, build
+(`set_params`; the same search as offshelf's `tune`, kept here so that every kind is scored against one
+input-space brute force computed once, and every step is recorded); then on the evaluation queries: recall@1/10, batch QPS (best of 2), one-at-a-time QPS, build
 seconds, `bytes_per_vector` and the growth of the process's anonymous RSS (and its peak, VmHWM reset before each
 build). ivfpq and binary are built once with float vectors kept (`rerank` > 0) and measured with `rerank=0`
 (codes only) and with re-ranking (`set_params`).
@@ -35,6 +35,8 @@ call (sklearn transform, locks, parameter objects, id mapping). Re-ranking is of
 HNSW at full dimension on 2 cores is slow: the script first builds it on `--hnsw-probe-n` (100k) vectors,
 measures it there (reported as its own row), extrapolates the full build (n log n), and if that exceeds
 `--hnsw-budget-min` (25) minutes builds the full-n HNSW after PCA to `--hnsw-pca` (256) dims instead.
+
+The JSON and Markdown are rewritten (atomically) after every kind, marked partial until the last one is done.
 
 Usage: python benchmarks/ann_scale.py [--n 1000000] [--quick] [--kinds flat,hnsw,ivfpq,binary] [--out DIR]
 """
@@ -65,6 +67,7 @@ except ImportError:  # pragma: no cover
 import faiss  # noqa: E402
 
 from offshelf.bench.synthetic import GENERATOR_VERSION, realistic_vectors  # noqa: E402
+from offshelf.fsio import atomic_write_bytes  # noqa: E402
 from offshelf.index import BinaryIndex, FlatIndex, HNSWIndex, IVFPQIndex  # noqa: E402
 
 CLASSES = {"flat": FlatIndex, "hnsw": HNSWIndex, "ivfpq": IVFPQIndex, "binary": BinaryIndex}
@@ -157,7 +160,7 @@ def brute_force(base: np.ndarray, tune_q: np.ndarray, eval_q: np.ndarray, single
     start = time.perf_counter()
     _, truth_eval = index.search(eq, K)
     seconds = time.perf_counter() - start
-    single_qps = one_at_a_time(lambda q: index.search(normalized(q), K), eval_q[:single])
+    single_qps = one_at_a_time(lambda q, exact=index: exact.search(normalized(q), K), eval_q[:single])
     log(f"brute force: {len(eq) / seconds:.1f} QPS batch, {single_qps:.2f} one at a time")
     row = {"variant": "brute force (FAISS IndexFlatIP)", "kind": "exact", "n": len(base), "recall_at_1": 1.0,
            "recall_at_10": 1.0, "qps": len(eq) / seconds, "qps_single": single_qps, "single_queries": single,
@@ -469,6 +472,62 @@ class Ctx:
     pass
 
 
+def goals_of(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, bool]:
+    full = [r for r in rows if r["n"] == args.n and r["kind"] != "exact"]
+    fast = [r for r in full if r["kind"] in ("hnsw", "ivfpq") and r["recall_at_10"] >= args.target]
+    best = max(fast, key=lambda r: r["qps"], default=None)
+    overheads = [r["wrapper_overhead"] for r in full if r.get("wrapper_overhead") is not None]
+    return {
+        f"HNSW or IVF-PQ >= 20x brute-force QPS at recall@10 >= {args.target} on {args.n:,} vectors"
+        + (f" (best: {best['variant']}, {best['speedup_vs_brute']:.1f}x)" if best else ""):
+            bool(best and best["speedup_vs_brute"] >= 20),
+        f"every kind reaches recall@10 >= {args.target} (with re-ranking where it has it)":
+            all(r["reached"] for r in full if "codes only" not in r["variant"]),
+        "wrapper within 10% of raw FAISS (batch search, where measured"
+        + (f"; worst {max(overheads):+.1%})" if overheads else ")"): bool(overheads) and max(overheads) <= 0.10,
+    }
+
+
+def method_notes(ctx: Ctx) -> list[str]:
+    notes = [
+        f"Data generated/loaded in {ctx.data_seconds:.0f} s (cached memmap: `realistic_vectors(n, seed=0)`; queries "
+        "seed 1). Ground truth and recall are against exact cosine search on the 1280-d vectors.",
+        "Batch QPS: all evaluation queries in one call, best of 2; one-at-a-time: "
+        f"{ctx.single} queries ({ctx.single_exact} for exact search), 1 query per call; both with all FAISS threads.",
+        "Wrapper overhead = offshelf search time / raw FAISS search time - 1 on the very same FAISS index "
+        "(same parameters), raw queries normalized with faiss.normalize_L2; binary raw = Hamming search of "
+        "precomputed ITQ codes; with PCA (hnsw) the raw queries are projected by the index's own fitted PCA, so "
+        "the overhead there excludes the projection.",
+    ]
+    if getattr(ctx, "nlist", None):
+        notes.append(f"ivfpq nlist = {ctx.nlist} (~sqrt(n), set explicitly): offshelf's default 4 sqrt(n) "
+                     "(4,000 at 1M) needs 4x the k-means work (~25 TFLOP on 100k x 1280 training vectors), "
+                     f"too slow for this 2-core machine; m = {ctx.args.pq_m} bytes (offshelf's default d/4 = 320 "
+                     "trains for minutes and scans 5x slower; re-ranking recovers the precision).")
+    return notes
+
+
+def write_report(ctx: Ctx, rows: list[dict[str, Any]], finished: bool) -> None:
+    """Write ann_scale.json/.md (atomically); until the last kind is done the report says it is partial."""
+    args = ctx.args
+    notes = method_notes(ctx) + ctx.notes
+    if not finished:
+        notes.insert(0, "PARTIAL: the run was still going when this was written (kinds done so far only).")
+    result = {"n": args.n, "dim": int(ctx.base.shape[1]), "queries": args.queries, "target": args.target,
+              "kinds": ctx.kinds, "finished": finished, "date": dt.datetime.now().isoformat(timespec="seconds"),
+              "machine": machine(), "rows": rows, "goals": goals_of(args, rows), "notes": notes,
+              "total_seconds": time.perf_counter() - T0, "args": vars(args),
+              "generator": {"module": "offshelf.bench.synthetic", "version": GENERATOR_VERSION, "base_seed": 0,
+                            "query_seed": 1}}
+    out = Path(args.out)
+    stem = out / ("ann_scale" if not args.quick else "ann_scale_quick")
+    atomic_write_bytes(stem.with_suffix(".json"), json.dumps(result, indent=1, default=float).encode())
+    atomic_write_bytes(stem.with_suffix(".md"), markdown(result).encode())
+    log(f"wrote {stem}.json/.md ({'final' if finished else 'partial'}); {result['total_seconds'] / 60:.1f} min so far")
+    if finished:
+        print(markdown(result))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -505,52 +564,13 @@ def main(argv: list[str] | None = None) -> int:
     log(f"data ready in {data_seconds:.1f}s: {ctx.base.shape} {ctx.base.dtype}")
     ctx.brute = brute_force(ctx.base, ctx.tune_q, ctx.eval_q, ctx.single_exact)
     ctx.truth_tune, ctx.truth_eval, ctx.brute_qps = ctx.brute["truth_tune"], ctx.brute["truth_eval"], ctx.brute["qps"]
+    ctx.data_seconds, ctx.kinds = data_seconds, kinds
     rows = [{**ctx.brute["row"], "speedup_vs_brute": 1.0}]
-    for kind in kinds:
+    for done, kind in enumerate(kinds, 1):
         log(f"=== {kind}")
         rows += RUNNERS[kind](ctx)
         gc.collect()
-
-    full = [r for r in rows if r["n"] == args.n and r["kind"] != "exact"]
-    fast = [r for r in full if r["kind"] in ("hnsw", "ivfpq") and r["recall_at_10"] >= args.target]
-    best = max(fast, key=lambda r: r["qps"], default=None)
-    overheads = [r["wrapper_overhead"] for r in full if r.get("wrapper_overhead") is not None]
-    goals = {
-        f"HNSW or IVF-PQ >= 20x brute-force QPS at recall@10 >= {args.target} on {args.n:,} vectors"
-        + (f" (best: {best['variant']}, {best['speedup_vs_brute']:.1f}x)" if best else ""):
-            bool(best and best["speedup_vs_brute"] >= 20),
-        f"every kind reaches recall@10 >= {args.target} (with re-ranking where it has it)":
-            all(r["reached"] for r in full if "codes only" not in r["variant"]),
-        "wrapper within 10% of raw FAISS (batch search, where measured"
-        + (f"; worst {max(overheads):+.1%})" if overheads else ")"): bool(overheads) and max(overheads) <= 0.10,
-    }
-    ctx.notes[:0] = [
-        f"Data generated/loaded in {data_seconds:.0f} s (cached memmap: `realistic_vectors(n, seed=0)`; queries "
-        "seed 1). Ground truth and recall are against exact cosine search on the 1280-d vectors.",
-        "Batch QPS: all evaluation queries in one call, best of 2; one-at-a-time: "
-        f"{ctx.single} queries ({ctx.single_exact} for exact search), 1 query per call; both with all FAISS threads.",
-        "Wrapper overhead = offshelf search time / raw FAISS search time - 1 on the very same FAISS index "
-        "(same parameters), raw queries normalized with faiss.normalize_L2; binary raw = Hamming search of "
-        "precomputed ITQ codes; with PCA (hnsw) the raw queries are projected by the index's own fitted PCA, so "
-        "the overhead there excludes the projection.",
-    ]
-    if "ivfpq" in kinds:
-        ctx.notes.insert(3, f"ivfpq nlist = {ctx.nlist} (~sqrt(n), set explicitly): offshelf's default 4 sqrt(n) "
-                         "(4,000 at 1M) needs 4x the k-means work (~25 TFLOP on 100k x 1280 training vectors), "
-                         "too slow for this 2-core machine; m = {args.pq_m} bytes (offshelf's default d/4 = 320 trains for minutes "
-                         "and scans 5x slower; re-ranking recovers the precision).")
-    result = {"n": args.n, "dim": int(ctx.base.shape[1]), "queries": args.queries, "target": args.target,
-              "kinds": kinds, "date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-              "rows": rows, "goals": goals, "notes": ctx.notes, "total_seconds": time.perf_counter() - T0,
-              "args": vars(args), "generator": {"module": "offshelf.bench.synthetic",
-                                                 "version": GENERATOR_VERSION, "base_seed": 0, "query_seed": 1}}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "ann_scale" if not args.quick else "ann_scale_quick"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=float))
-    (out / f"{stem}.md").write_text(markdown(result))
-    log(f"wrote {out / stem}.json/.md; total {result['total_seconds'] / 60:.1f} min")
-    print(markdown(result))
+        write_report(ctx, rows, finished=done == len(kinds))  # a cut-off run keeps what it measured
     return 0
 
 

@@ -25,6 +25,7 @@ from offshelf.index import (
     ITQ, VectorIndex, build_index, build_store_index, load_store_index, measure_recall, tune, update_store_index,
 )
 from offshelf.index import base as index_base
+from offshelf.index import itq as itq_module
 from offshelf.index.itq import random_rotation
 from offshelf.store import FeatureStore, FileState, StoreConfig, path_id
 
@@ -146,6 +147,17 @@ def test_pca_variant_against_projected_reference(data: tuple[np.ndarray, np.ndar
     assert np.allclose(np.linalg.norm(whitened.transform(X), axis=1), 1, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("pca,whiten", [(None, False), (16, False), (16, True)])
+def test_working_space_matches_the_sklearn_pipeline(data: tuple[np.ndarray, np.ndarray], pca: int | None,
+                                                    whiten: bool) -> None:
+    """`transform` skips sklearn's per-call validation; it must still compute what the fitted pipeline does."""
+    X, ids = data
+    index = build_index(X, ids, "flat", pca=pca, whiten=whiten)
+    queries = X[:50] * 3.0  # not normalized: the first step must normalize them
+    np.testing.assert_allclose(index.transform(queries), index.pipeline.transform(queries), rtol=1e-4, atol=1e-5)
+
+
 def test_tune_raises_the_search_knob(data: tuple[np.ndarray, np.ndarray]) -> None:
     X, ids = data
     weak = build_index(X, ids, "hnsw", M=4, efConstruction=16, efSearch=16)
@@ -171,7 +183,8 @@ def test_tune_rebuilds_when_the_knob_is_not_enough(data: tuple[np.ndarray, np.nd
 
 # -- ITQ ---------------------------------------------------------------------------------------------
 
-def test_itq_rotation_is_orthogonal_and_reduces_quantization_loss(data: tuple[np.ndarray, np.ndarray]) -> None:
+def test_itq_rotation_is_orthogonal_and_reduces_quantization_loss(data: tuple[np.ndarray, np.ndarray],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     X = normalize(data[0])
     itq = ITQ(n_bits=32, n_iter=40).fit(X)
     R = itq.rotation_
@@ -185,6 +198,9 @@ def test_itq_rotation_is_orthogonal_and_reduces_quantization_loss(data: tuple[np
         assert losses[-1] < np.sum((np.where(Z >= 0, 1, -1) - Z) ** 2) / len(V)
         assert np.abs(V @ R).sum() > 1.05 * np.abs(Z).sum()  # measured 1.13
     assert itq.encode(X).shape == (N, 4) and itq.encode(X).dtype == np.uint8
+    chunked = ITQ.from_arrays(itq.to_arrays())
+    monkeypatch.setattr(itq_module, "ENCODE_CHUNK", 7)  # encoding in row chunks gives the same codes
+    np.testing.assert_array_equal(chunked.encode(X), np.packbits(itq.transform(X) >= 0, axis=1))
 
 
 # -- add / remove --------------------------------------------------------------------------------------
