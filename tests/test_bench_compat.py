@@ -16,6 +16,7 @@ from offshelf.bench.compat import (
     Task,
     criteria,
     evaluate_pair,
+    map_fidelity,
     pairs_needed,
     sizes_for,
 )
@@ -95,6 +96,15 @@ def test_a_rotated_model_is_fully_compatible_through_procrustes() -> None:
     assert len([r for r in result["curve"] if r["n_pairs"] == 8]) == 3 * 2  # 3 methods x 2 seeds
     few = np.mean([r["class_mAP"] for r in result["curve"] if r["n_pairs"] == 8 and r["method"] == "procrustes"])
     assert few < full["class"]["mAP"]  # 8 pairs cannot determine a 32-d rotation
+    # a rotation is the same on every image: the fitted map carries over to all sets (cosine ~1; the 0.01
+    # noise of each model costs a little), while a model that is not a rotation of the old one does not
+    fidelity = result["fidelity"]
+    assert fidelity["n_train"] == 160 and fidelity["sets"]["copy queries"] == 30
+    assert min(fidelity["procrustes"]["mean_cosine"].values()) > 0.99
+
+    unrelated = Features(*(l2_normalize(np.abs(np.random.default_rng(5).standard_normal(x.shape)))
+                           for x in (new.originals, new.queries, new.distractors, new.class_images)))
+    assert max(map_fidelity(old, unrelated, ["procrustes"])["procrustes"]["mean_cosine"].values()) < 0.5
 
 
 @pytest.mark.slow

@@ -57,6 +57,7 @@ METHODS = ("procrustes", "linear", "mlp", "relative")
 DEFAULT_SIZES = (25, 50, 100, 200, 500, 1000, 2000)
 QUICK_SIZES = (10, 25)
 GOAL_FRACTION = 0.9
+FIDELITY_HOLDOUT = 0.2  # of the pool, held out to measure how maps carry over
 BENCHMARKS = ("copy", "class")
 REFERENCE_LABELS = {"old_old": "M(old, old)", "new_new": "M(new, new)", "identity": "M(new, old), no map"}
 
@@ -106,14 +107,42 @@ class Task:
 Fitted = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def fit_method(method: str, new_train: np.ndarray, old_train: np.ndarray, seed: int) -> Fitted:
+def fit_method(method: str, new_train: np.ndarray, old_train: np.ndarray, seed: int,
+               info: dict[str, Any] | None = None) -> Fitted:
     """A fitted cross-model comparison: given new-model queries and an old-model gallery, both as vectors of
-    one space in which inner products rank (the map's comparison space, or the anchors' relative space)."""
+    one space in which inner products rank (the map's comparison space, or the anchors' relative space).
+    `info`, if given, receives the map's `fit_info_`."""
     if method == "relative":
         rep = RelativeRepresentation(old_train, new_train)
         return lambda queries, gallery: (rep.transform_new(queries), rep.transform_old(gallery))
     alignment = AlignmentMap(method, seed=seed).fit(new_train, old_train)
+    if info is not None:
+        info.update(alignment.fit_info_)
     return lambda queries, gallery: (alignment.compare_new(queries), alignment.compare_old(gallery))
+
+
+def map_fidelity(old: Features, new: Features, methods: Sequence[str], holdout: float = FIDELITY_HOLDOUT,
+                 seed: int = 0) -> dict[str, Any]:
+    """How well a comparison fitted on the pool carries over to other images: per method, the mean cosine, in
+    the comparison space, between an image's new-model vector and its own old-model vector, on held-out pool
+    images and on the evaluation sets (never trained on). A map is only as good as its training pairs are
+    like the images it maps."""
+    order = np.random.default_rng(seed).permutation(len(old.distractors))
+    n_test = int(round(holdout * len(order)))
+    test, train = order[:n_test], np.sort(order[n_test:])
+    sets = {"held-out pool": (new.distractors[test], old.distractors[test]),
+            "class images": (new.class_images, old.class_images),
+            "copy originals": (new.originals, old.originals), "copy queries": (new.queries, old.queries)}
+    out: dict[str, Any] = {"n_train": len(train), "sets": {name: len(n) for name, (n, _) in sets.items()}}
+    for method in methods:
+        info: dict[str, Any] = {}
+        compare = fit_method(method, new.distractors[train], old.distractors[train], seed, info)
+        cosines = {}
+        for name, (new_x, old_x) in sets.items():
+            mapped, target = (l2_normalize(v) for v in compare(new_x, old_x))
+            cosines[name] = float(np.mean(np.sum(mapped * target, axis=1)))
+        out[method] = {"mean_cosine": cosines, **({"mlp": info["mlp"]} if "mlp" in info else {})}
+    return out
 
 
 def cross_scores(compare: Fitted, old: Features, new: Features, task: Task) -> dict[str, dict[str, Any]]:
@@ -169,11 +198,14 @@ def evaluate_pair(old: Features, new: Features, task: Task, methods: Sequence[st
                     full[method] = {**scores, "fit_seconds": round(fit_seconds, 3)}
         means = {m: _curve_mean(curve, m, n) for m in methods}
         log(f"  {n} pairs: " + "; ".join(f"{m} {v['copy_mAP']:.3f}/{v['class_mAP']:.3f}" for m, v in means.items()))
+    fidelity = map_fidelity(old, new, methods)
+    log("  mean cosine to the old vector (" + ", ".join(fidelity["sets"]) + "): " + "; ".join(
+        f"{m} " + "/".join(f"{v:.2f}" for v in fidelity[m]["mean_cosine"].values()) for m in methods))
     ref = {b: (reference["old_old"][b]["mAP"], reference["new_new"][b]["mAP"]) for b in BENCHMARKS}
     checks = {m: {b: criteria(full[m][b]["mAP"], *ref[b]) for b in BENCHMARKS} for m in methods}
     goal_methods = [m for m in methods if all(checks[m][b]["both"] for b in BENCHMARKS)]
     return {
-        "pool": pool, "reference": reference, "curve": curve, "full_pool": full,
+        "pool": pool, "reference": reference, "curve": curve, "full_pool": full, "fidelity": fidelity,
         "criteria": checks, "pairs_needed": pairs_needed(curve, methods, ref),
         "goal": {"met": bool(goal_methods), "methods": goal_methods,
                  "statement": f"M(new mapped, old) >= M(old, old) and >= {GOAL_FRACTION:.0%} of M(new, new), "

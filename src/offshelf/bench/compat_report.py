@@ -49,6 +49,7 @@ def _pair_md(pair: dict[str, Any], methods: list[str]) -> list[str]:
     goal = pair["goal"]
     lines += ["", f"**Goal {'met' if goal['met'] else 'not met'}**"
               + (f" by {', '.join(goal['methods'])}." if goal["met"] else "."), ""]
+    lines += _fidelity_md(pair["fidelity"], methods)
     lines += ["### mAP against the number of training pairs (mean ± std over seeds; copy / class)", ""]
     stats = {(m, b): _curve_stats(pair["curve"], m, f"{b}_mAP") for m in methods for b in ("copy", "class")}
     sizes = sorted({r["n_pairs"] for r in pair["curve"]})
@@ -62,6 +63,20 @@ def _pair_md(pair: dict[str, Any], methods: list[str]) -> list[str]:
                   for k in ("at_least_old_old", "at_least_90pct_new_new"))) for m in methods]
     lines += md_table(["method", "copy >= M(old,old)", "copy >= 90 % M(new,new)", "class >= M(old,old)",
                        "class >= 90 % M(new,new)"], rows)
+    return lines + [""]
+
+
+def _fidelity_md(fidelity: dict[str, Any], methods: list[str]) -> list[str]:
+    names = list(fidelity["sets"])
+    lines = [f"### How the map carries over: mean cosine between mapped new and old vector (fitted on "
+             f"{fidelity['n_train']:,} pool pairs)", ""]
+    rows = [(m, *(f"{fidelity[m]['mean_cosine'][name]:.3f}" for name in names)) for m in methods]
+    lines += md_table(["method", *(f"{name} ({fidelity['sets'][name]})" for name in names)], rows)
+    mlp = [fidelity[m]["mlp"] for m in methods if "mlp" in fidelity[m]]
+    if mlp:
+        lines += ["", f"mlp: best validation error at epoch {mlp[0]['best_epoch']} of {mlp[0]['epochs_run']} "
+                  f"({mlp[0]['val_error_best']:.4f} against {mlp[0]['val_error_start']:.4f} for the linear map "
+                  "alone); the residual is kept only as far as it helps on held-out pairs."]
     return lines + [""]
 
 
