@@ -16,15 +16,15 @@ QPS; one-at-a-time QPS on a few queries.
 recall@10 = mean over queries of |approx top-10 ∩ exact top-10| / 10, always against this input-space
 (1280-d) brute force, so a PCA'd index pays for what PCA loses.
 
-ivfpq uses nlist ~ sqrt(n) and m = `--pq-m` (64) instead of offshelf's defaults (4 sqrt(n), d/4 = 320), which
-train too slowly on this machine. Per kind: build through offshelf's API (`<Kind>Index(dim, **params).train(x)` on the whole memmap — which
-samples 100k for training, like `build_index` — then `add` in chunks; re-ranking kinds `add` once, since each
-add copies the kept floats); then raise the search knob on the tuning queries until recall@10 >= target
-(`set_params`; the same search as offshelf's `tune`, kept here so that every kind is scored against one
-input-space brute force computed once, and every step is recorded); then on the evaluation queries: recall@1/10, batch QPS (best of 3), one-at-a-time QPS, build
-seconds, `bytes_per_vector` and the growth of the process's anonymous RSS (and its peak, VmHWM reset before each
-build). ivfpq and binary are built once with float vectors kept (`rerank` > 0) and measured with `rerank=0`
-(codes only) and with re-ranking (`set_params`).
+ivfpq uses nlist ~ sqrt(n) and m = `--pq-m` (64) instead of offshelf's defaults (4 sqrt(n), d/4 = 320), which train
+too slowly on this machine. Per kind: build through offshelf's API (`<Kind>Index(dim, **params).train(x)` on the
+whole memmap — which samples 100k for training, like `build_index` — then `add` in chunks; re-ranking kinds `add`
+once, since each add copies the kept floats); then raise the search knob on the tuning queries until recall@10 >=
+target (`set_params`; the same search as offshelf's `tune`, kept here so that every kind is scored against one
+input-space brute force computed once, and every step is recorded); then on the evaluation queries: recall@1/10,
+batch QPS (best of 3), one-at-a-time QPS, build seconds, `bytes_per_vector` and the growth of the process's
+anonymous RSS (and its peak, VmHWM reset before each build). ivfpq and binary are built once with float vectors
+kept (`rerank` > 0) and measured with `rerank=0` (codes only) and with re-ranking (`set_params`).
 
 Wrapper overhead: the same FAISS index object that offshelf built (identical graph/lists/codes), searched
 directly with the same parameters on queries normalized with `faiss.normalize_L2` (for binary: encoded by the

@@ -147,7 +147,6 @@ def test_pca_variant_against_projected_reference(data: tuple[np.ndarray, np.ndar
     assert np.allclose(np.linalg.norm(whitened.transform(X), axis=1), 1, atol=1e-5)
 
 
-
 @pytest.mark.parametrize("pca,whiten", [(None, False), (16, False), (16, True)])
 def test_working_space_matches_the_sklearn_pipeline(data: tuple[np.ndarray, np.ndarray], pca: int | None,
                                                     whiten: bool) -> None:
