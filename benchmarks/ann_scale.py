@@ -3,7 +3,7 @@
 
 Method (all timings time.perf_counter, one process; FAISS with all cores unless said otherwise):
 
-Data. `offshelf.bench.synthetic.realistic_vectors(n, seed=0)`: efficientnet-lite0 GAP features of real images
+Data. `benchmarks.harness.synthetic.realistic_vectors(n, seed=0)`: efficientnet-lite0 GAP features of real images
 (Open Clip Art + a Fashion-MNIST subsample, 4,326 vectors from the shared benchmark stores) resampled by a
 Gaussian mixture in their top-256 PCA space plus the real variance tail (see that module), cached as .npy
 under $OFFSHELF_HOME/bench/synthetic and memory-mapped. Queries: 2 x `--queries` held-out vectors from the same
@@ -39,7 +39,7 @@ measures it there (reported as its own row), extrapolates the full build (n log 
 
 The JSON and Markdown are rewritten (atomically) after every kind, marked partial until the last one is done.
 
-Usage: python benchmarks/ann_scale.py [--n 1000000] [--quick] [--kinds flat,hnsw,ivfpq,binary] [--out DIR]
+Usage: python -m benchmarks.ann_scale [--n 1000000] [--quick] [--kinds flat,hnsw,ivfpq,binary] [--out DIR]
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ except ImportError:  # pragma: no cover
 
 import faiss  # noqa: E402
 
-from offshelf.bench.synthetic import GENERATOR_VERSION, realistic_vectors  # noqa: E402
-from offshelf.fsio import atomic_write_bytes  # noqa: E402
+from benchmarks.harness.synthetic import GENERATOR_VERSION, realistic_vectors  # noqa: E402
 from offshelf.index import BinaryIndex, FlatIndex, HNSWIndex, IVFPQIndex  # noqa: E402
+from offshelf.io import atomic_write_bytes  # noqa: E402
 
 CLASSES = {"flat": FlatIndex, "hnsw": HNSWIndex, "ivfpq": IVFPQIndex, "binary": BinaryIndex}
 K = 10
@@ -465,7 +465,7 @@ def markdown(result: dict[str, Any]) -> str:
               f"Python {m['python']}, {', '.join(f'{k} {v}' for k, v in m['versions'].items())}; load average at "
               f"start {', '.join(f'{v:.2f}' for v in m['loadavg_start'])} (shared machine: other jobs ran "
               "meanwhile, so QPS figures carry some noise).", "",
-              "Method: see the docstring of `benchmarks/ann_scale.py`; data: `offshelf.bench.synthetic`.", ""]
+              "Method: see the docstring of `benchmarks/ann_scale.py`; data: `benchmarks.harness.synthetic`.", ""]
     return "\n".join(lines)
 
 
@@ -519,7 +519,7 @@ def write_report(ctx: Ctx, rows: list[dict[str, Any]], finished: bool) -> None:
               "kinds": ctx.kinds, "finished": finished, "date": dt.datetime.now().isoformat(timespec="seconds"),
               "machine": machine(), "rows": rows, "goals": goals_of(args, rows), "notes": notes,
               "total_seconds": time.perf_counter() - T0, "args": vars(args),
-              "generator": {"module": "offshelf.bench.synthetic", "version": GENERATOR_VERSION, "base_seed": 0,
+              "generator": {"module": "benchmarks.harness.synthetic", "version": GENERATOR_VERSION, "base_seed": 0,
                             "query_seed": 1}}
     out = Path(args.out)
     stem = out / ("ann_scale" if not args.quick else "ann_scale_quick")

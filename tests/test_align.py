@@ -17,19 +17,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.datasets import build_photo_set
 from offshelf import OffshelfError, embed
-from offshelf.align import (
+from offshelf.cli import main
+from offshelf.images import real_photos
+from offshelf.store import FeatureStore, StoreConfig
+from offshelf.upgrade import (
+    AlignedSearcher,
     AlignmentMap,
     RelativeRepresentation,
-    align_command,
     fit_alignment,
     load_alignment,
     paired_vectors,
     save_alignment,
 )
-from offshelf.datasets import build_photo_set, real_photos
-from offshelf.store import FeatureStore, StoreConfig
-from offshelf.upgrade import AlignedSearcher
 
 OLD, NEW = "efficientnet-lite0", "efficientnet-lite2"
 
@@ -174,7 +175,7 @@ LOAD_AND_TRANSFORM = """
 import sys
 from pathlib import Path
 import numpy as np
-from offshelf.align import load_alignment
+from offshelf.upgrade import load_alignment
 for directory in map(Path, sys.argv[1:]):
     m = load_alignment(directory)
     x = np.load(directory.parent / f"{directory.name}-in.npy")
@@ -221,10 +222,12 @@ def test_save_load_round_trip_in_a_fresh_process(stores: tuple[Path, Path], tmp_
         load_alignment(tmp_path / "bad")
 
 
-def test_align_command_reports_the_held_out_fit_error(stores: tuple[Path, Path], tmp_path: Path) -> None:
+def test_align_command_reports_the_held_out_fit_error(stores: tuple[Path, Path], tmp_path: Path, capsys) -> None:
     old, new = stores
-    report = align_command(old, new, tmp_path / "map", "linear")
-    json.dumps(report)  # JSON-ready
+    code = main(["align", "--old", str(old), "--new", str(new), "--out", str(tmp_path / "map"), "--method", "linear",
+                 "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["method"] == "linear"
     assert 0 < report["fit_error"] < 0.5 and report["holdout_top1"] > 0.5
     assert load_alignment(report["map"]).method == "linear"

@@ -1,4 +1,4 @@
-"""The CLI contract of DESIGN.md section 3: names, JSON shapes, exit codes, one-line errors."""
+"""The CLI contract of docs/architecture.md: names, JSON shapes, exit codes, one-line errors."""
 
 from __future__ import annotations
 

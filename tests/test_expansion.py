@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from offshelf.expansion import average_query_expansion, database_side_augmentation
+from offshelf.search.expansion import average_query_expansion, database_side_augmentation
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from offshelf import Embedder, FeatureStore, OffshelfError, embed, make_config
+from offshelf.extract.pooling import Pooling
 from offshelf.models import get_model_spec, load_backbone
-from offshelf.pooling import Pooling
 
 
 def add_bad_files(folder: Path, photo: Path) -> dict[str, str]:

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
+from offshelf.extract import Reader
 from offshelf.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -22,13 +23,12 @@ from offshelf.images import (
     ROTATION_DEGREES,
     VIEW_COUNTS,
     ImageDecodeError,
-    LoadedImage,
     crop_boxes,
     decode_image,
     find_images,
     inscribed_scale,
-    load_image,
     make_views,
+    read_file,
     views_min_size,
 )
 
@@ -363,55 +363,61 @@ def test_make_views_accepts_other_modes(coffee):
         make_views(gray, 0)
 
 
-# --------------------------------------------------------------------------------------------- load_image
+# --------------------------------------------------------------------------------------------- the reader
+# `offshelf.extract.Reader` is the one path from a file to views: the pipeline and the benchmarks both use it.
 
 
-def test_load_image(tmp_path, jpeg_1600):
+def test_reader_loads_hashes_and_draft_decodes(tmp_path, jpeg_1600):
     path = tmp_path / "big.jpg"
     path.write_bytes(jpeg_1600)
-    loaded = load_image(path, 224)
-    assert isinstance(loaded, LoadedImage)
-    assert loaded.path == path
-    assert loaded.sha256 == hashlib.sha256(jpeg_1600).hexdigest()
+    loaded = Reader(224).load(str(path))
+    assert loaded.error is None and not loaded.unchanged
+    assert loaded.path == str(path)
+    assert loaded.state.sha256 == hashlib.sha256(jpeg_1600).hexdigest()
+    assert loaded.state.size == len(jpeg_1600) and loaded.state.mtime_ns == path.stat().st_mtime_ns
     assert loaded.views.shape == (1, 224, 224, 3) and loaded.views.dtype == np.uint8
     # the draft-decoded result matches a full decode resized to the same size
     full = make_views(decode_image(jpeg_1600), 224)
     assert mad(loaded.views, full) < 2.0
-    paper = load_image(str(path), 224, "paper")
+    paper = Reader(224, "paper").load(str(path))
     assert paper.views.shape == (16, 224, 224, 3)
-    assert paper.sha256 == loaded.sha256
+    assert paper.state.sha256 == loaded.state.sha256
+    # a file whose bytes the store already holds is not decoded again
+    assert Reader(224).load(str(path), loaded.state).unchanged
 
 
-def test_load_image_file_errors(tmp_path):
+def test_reader_records_file_errors_instead_of_raising(tmp_path):
     for target in (tmp_path, tmp_path / "missing.jpg"):
-        with pytest.raises(ImageDecodeError) as info:
-            load_image(target, 64)
-        assert info.value.reason.startswith("unreadable file: ")
+        outcome = Reader(64).load(str(target))
+        assert outcome.views is None and outcome.error.startswith("unreadable file: ")
     locked = tmp_path / "locked.jpg"
     locked.write_bytes(b"\xff\xd8")
     locked.chmod(0)
     try:
         if not os.access(locked, os.R_OK):  # root can read anyway
-            with pytest.raises(ImageDecodeError, match="unreadable file: Permission denied"):
-                load_image(locked, 64)
+            assert Reader(64).load(str(locked)).error == "unreadable file: Permission denied"
     finally:
         locked.chmod(0o644)
     text = tmp_path / "notes.jpg"
     text.write_text("hello")
-    with pytest.raises(ImageDecodeError, match="not an image"):
-        load_image(text, 64)
+    outcome = Reader(64).load(str(text))
+    assert outcome.error == "not an image" and outcome.state.sha256 == hashlib.sha256(b"hello").hexdigest()
+    with pytest.raises(ImageDecodeError, match="unreadable file: "):
+        read_file(tmp_path / "missing.jpg")
 
 
-def test_load_image_threads_match_sequential(tmp_path, astronaut, chelsea, coffee):
+def test_reader_threads_match_sequential(tmp_path, astronaut, chelsea, coffee):
     paths = []
     for i, a in enumerate((astronaut, chelsea, coffee)):
         for fmt, ext in (("JPEG", "jpg"), ("PNG", "png")):
             p = tmp_path / f"{i}.{ext}"
             Image.fromarray(a).save(p, fmt)
-            paths.append(p)
-    sequential = [load_image(p, 96, "paper").views for p in paths]
+            paths.append(str(p))
+    reader = Reader(96, "paper")
+    sequential = [reader.load(p).views for p in paths]
     with ThreadPoolExecutor(4) as pool:
-        threaded = list(pool.map(lambda p: load_image(p, 96, "paper").views, paths * 3))
+        threaded = [outcome.views for outcome in reader.ordered(pool, [(p, None) for p in paths * 3], window=5)]
+    assert len(threaded) == 3 * len(paths)
     for i, views in enumerate(threaded):
         np.testing.assert_array_equal(views, sequential[i % len(paths)])
 

@@ -22,7 +22,14 @@ from sklearn.preprocessing import normalize
 
 from offshelf.errors import OffshelfError
 from offshelf.index import (
-    ITQ, VectorIndex, build_index, build_store_index, load_store_index, measure_recall, tune, update_store_index,
+    ITQ,
+    VectorIndex,
+    build_index,
+    build_store_index,
+    load_store_index,
+    measure_recall,
+    tune,
+    update_store_index,
 )
 from offshelf.index import base as index_base
 from offshelf.index import itq as itq_module

@@ -38,8 +38,8 @@ from offshelf.models import (
     load_backbone,
     offshelf_home,
     register_model,
+    registry,
 )
-from offshelf.models import registry
 from offshelf.models.cache import blocking_lock, ensure_cached, sha256_file
 from offshelf.models.export import cache_dir
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from offshelf.pooling import Pooling
+from offshelf.extract.pooling import Pooling
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_names_and_parse_errors() -> None:
 
 
 def test_rmac_regions_follow_the_published_layout() -> None:
-    from offshelf.pooling import rmac_regions
+    from offshelf.extract.pooling import rmac_regions
 
     square = rmac_regions(7, 7, 3)
     assert len(square) == 1 + 4 + 9  # l x l regions per level on a square map
@@ -65,7 +65,7 @@ def test_rmac_regions_follow_the_published_layout() -> None:
 
 
 def test_rmac_against_manual_computation(maps: np.ndarray) -> None:
-    from offshelf.pooling import rmac_regions
+    from offshelf.extract.pooling import rmac_regions
 
     square = np.random.default_rng(3).gamma(2.0, 1.0, (2, 6, 7, 7)).astype(np.float32)
     gmp = square.max(axis=(2, 3))

@@ -19,8 +19,8 @@ from sklearn.preprocessing import StandardScaler, normalize
 from sklearn.svm import LinearSVC
 
 from offshelf import FeatureStore, embed
-from offshelf.datasets.photos import real_photos
 from offshelf.errors import OffshelfError
+from offshelf.images import real_photos
 from offshelf.probe import (
     LinearProbe,
     align_labels,

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from offshelf import OffshelfError, Searcher, embed, search
-from offshelf.copies import DEMO_TRANSFORMS
+from offshelf.images.copies import DEMO_TRANSFORMS
 
 
 def distinct(photos: list[Path]) -> list[Path]:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from offshelf.errors import OffshelfError
-from offshelf.spatial import (
+from offshelf.search.spatial import (
     SpatialIndex,
     max_over_windows,
     n_windows,

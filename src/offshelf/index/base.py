@@ -10,7 +10,6 @@ their memory until the index is rebuilt (`build_index` / `build_store_index` com
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import secrets
 from collections.abc import Iterator
@@ -24,11 +23,12 @@ from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer
 
-from .._version import __version__
-from ..errors import OffshelfError
-from ..fsio import atomic_write_bytes, atomic_write_json, exclusive_lock, remove_stale_tmp_files
-from ..transforms import pipeline_from_bundle, pipeline_to_bundle
-from ._rwlock import RWLock
+from offshelf._version import __version__
+from offshelf.errors import OffshelfError
+from offshelf.index._rwlock import RWLock
+from offshelf.io import atomic_write_bytes, atomic_write_json, exclusive_lock, remove_stale_tmp_files
+from offshelf.io.bundles import arrays_from_bytes, arrays_to_bytes
+from offshelf.transforms import pipeline_from_bundle, pipeline_to_bundle
 
 FORMAT = 1
 MANIFEST = "index.json"
@@ -383,14 +383,12 @@ class VectorIndex:
             arrays |= {"ids": self._ids, "alive": self._alive, "digests": self._digests, **self._state_arrays()}
             if self._floats is not None:
                 arrays["floats"] = self._floats
-            buffer = io.BytesIO()
-            np.savez(buffer, **arrays)
             manifest = {
                 "format": FORMAT, "offshelf_version": __version__, "kind": self.kind, "dim": self.dim,
                 "index_dim": self.d, "pca": self.pca, "whiten": self.whiten, "params": dict(self._params),
                 "identity": self.identity, "pipeline": steps, "ntotal": int(np.count_nonzero(self._alive)),
             }
-            return manifest, {"faiss": self._serialize(self._faiss).tobytes(), "arrays": buffer.getvalue()}
+            return manifest, {"faiss": self._serialize(self._faiss).tobytes(), "arrays": arrays_to_bytes(arrays)}
 
     @staticmethod
     def load(directory: str | Path) -> VectorIndex:
@@ -412,8 +410,7 @@ class VectorIndex:
             data[key] = (source / entry["name"]).read_bytes()
             if len(data[key]) != entry["bytes"]:
                 raise OffshelfError(f"index file {source / entry['name']} is truncated or corrupt")
-        with np.load(io.BytesIO(data["arrays"]), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
+        arrays = arrays_from_bytes(data["arrays"])
         index = cls(manifest["dim"], pca=manifest["pca"], whiten=manifest["whiten"],
                     identity=manifest["identity"], **manifest["params"])
         index.d = manifest["index_dim"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import OffshelfError
+from offshelf.errors import OffshelfError
 
 ENCODE_CHUNK = 65_536  # rows projected at once
 

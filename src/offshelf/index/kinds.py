@@ -20,9 +20,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..errors import OffshelfError
-from .base import VectorIndex
-from .itq import ITQ
+from offshelf.errors import OffshelfError
+from offshelf.index.base import VectorIndex
+from offshelf.index.itq import ITQ
 
 PQ_BITS = 8
 BINARY_HNSW_MIN = 200_000  # from this many vectors on, binary codes are searched through an HNSW graph

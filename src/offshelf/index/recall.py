@@ -23,8 +23,8 @@ import faiss
 import numpy as np
 from sklearn.preprocessing import normalize
 
-from ..errors import OffshelfError
-from .base import VectorIndex, as_ids, as_matrix, build_index
+from offshelf.errors import OffshelfError
+from offshelf.index.base import VectorIndex, as_ids, as_matrix, build_index
 
 EXACT_CHUNK = 65_536
 

@@ -4,12 +4,12 @@
     maps = backbone.forward(images_uint8_nhwc, ["head"])["head"]  # (N, 1280, 7, 7) float32
 """
 
-from .cache import offshelf_home
-from .errors import ModelError
-from .export import ensure_onnx
-from .registry import DEFAULT_MODEL, get_model_spec, list_models, register_model
-from .runtime import Backbone, load_backbone
-from .spec import Layer, ModelSpec, Preprocessing
+from offshelf.models.cache import offshelf_home
+from offshelf.models.errors import ModelError
+from offshelf.models.export import ensure_onnx
+from offshelf.models.registry import DEFAULT_MODEL, get_model_spec, list_models, register_model
+from offshelf.models.runtime import Backbone, load_backbone
+from offshelf.models.spec import Layer, ModelSpec, Preprocessing
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -3,7 +3,7 @@
 An entry is a directory holding `model.onnx` and `meta.json`. `meta.json` records the recipe the file was
 built from (source checksum, outputs, format version) and the file's own sha256. A missing, corrupt or stale
 file is rebuilt under an exclusive file lock, so concurrent processes neither clobber each other nor build
-twice, and every write is atomic (see `offshelf.fsio`).
+twice, and every write is atomic (see `offshelf.io`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..fsio import atomic_write_bytes, atomic_write_json, remove_stale_tmp_files
+from offshelf.io import atomic_write_bytes, atomic_write_json, remove_stale_tmp_files
 
 logger = logging.getLogger("offshelf.models")
 

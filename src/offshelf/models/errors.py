@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import OffshelfError
+from offshelf.errors import OffshelfError
 
 
 class ModelError(OffshelfError, ValueError):

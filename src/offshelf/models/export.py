@@ -13,11 +13,11 @@ from typing import Any
 
 import onnx
 
-from .._version import __version__
-from ..errors import OffshelfError
-from .cache import Build, ensure_cached, offshelf_home, sha256_file
-from .graph import check_layers, load_checked, output_names, with_outputs
-from .spec import ModelSpec
+from offshelf._version import __version__
+from offshelf.errors import OffshelfError
+from offshelf.models.cache import Build, ensure_cached, offshelf_home, sha256_file
+from offshelf.models.graph import check_layers, load_checked, output_names, with_outputs
+from offshelf.models.spec import ModelSpec
 
 CACHE_FORMAT = 1  # bump when the way graphs are built changes, so that old cache entries are rebuilt
 EXPORT_OPSET = 17
@@ -77,7 +77,7 @@ def _cached(spec: ModelSpec, source: Path, recipe: dict[str, Any], build: Build)
 def _export_torch(spec: ModelSpec, weights: Path) -> tuple[bytes, dict[str, Any]]:
     """Export a packaged-torch model (torch is imported here and nowhere else)."""
     try:
-        from . import _efficientnet
+        from offshelf.models import _efficientnet
     except ModuleNotFoundError as error:
         if error.name != "torch":
             raise

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import onnx
 
-from .errors import ModelError
-from .spec import Layer, ModelSpec
+from offshelf.models.errors import ModelError
+from offshelf.models.spec import Layer, ModelSpec
 
 Shape = tuple[int | None, ...]
 

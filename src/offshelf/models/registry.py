@@ -10,9 +10,9 @@ import dataclasses
 import re
 from pathlib import Path
 
-from .errors import ModelError
-from .graph import load_checked
-from .spec import Layer, ModelSpec, Preprocessing
+from offshelf.models.errors import ModelError
+from offshelf.models.graph import load_checked
+from offshelf.models.spec import Layer, ModelSpec, Preprocessing
 
 DEFAULT_MODEL = "efficientnet-lite0"
 

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from .errors import ModelError
-from .export import ensure_onnx
-from .registry import get_model_spec
-from .spec import Layer, ModelSpec
+from offshelf.models.errors import ModelError
+from offshelf.models.export import ensure_onnx
+from offshelf.models.registry import get_model_spec
+from offshelf.models.spec import Layer, ModelSpec
 
 THREADS_ENV = "OFFSHELF_ORT_THREADS"
 

@@ -1,0 +1,45 @@
+"""What every command shares: exit codes, JSON output, argument types, and how a subcommand is added."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+
+Handler = Callable[[argparse.Namespace], int]
+Subparsers = Any  # argparse's private _SubParsersAction
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_command(sub: Subparsers, name: str, handler: Handler | None, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand `name` run by `handler` (None for a group with its own subcommands)."""
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    if handler is not None:
+        parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def add_labels_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--labels", type=Path, help="CSV with columns path,label (several rows for multi-label)")
+    group.add_argument("--labels-from-folders", action="store_true", help="label = name of the item's folder")

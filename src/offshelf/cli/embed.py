@@ -1,0 +1,72 @@
+"""`offshelf models` and `offshelf embed`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from offshelf.cli.common import EXIT_OK, Subparsers, add_command, add_json_option, positive_int, print_json
+from offshelf.images import DEFAULT_MAX_PIXELS, VIEW_COUNTS
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from offshelf.models import list_models
+
+    specs = list_models()
+    if args.json:
+        print_json([spec.to_dict() for spec in specs])
+        return EXIT_OK
+    print(f"{'name':<20} {'dim':>5} {'input':>6}  {'default layer':<14} layers")
+    for spec in specs:
+        print(f"{spec.name:<20} {spec.dim:>5} {spec.preprocessing.size:>6}  {spec.default_layer:<14} "
+              f"{', '.join(spec.layer_names)}")
+    return EXIT_OK
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from offshelf.extract import embed
+
+    summary = embed(
+        args.paths,
+        args.store,
+        model=args.model,
+        layer=args.layer,
+        pool=args.pool,
+        augment=args.augment,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        threads=args.threads,
+        shard_size=args.shard_size,
+        max_pixels=args.max_pixels,
+        progress=not args.quiet,
+    )
+    if args.json:
+        print_json(summary.to_dict())
+        return EXIT_OK
+    rate = summary.embedded / summary.seconds if summary.seconds else 0.0
+    print(f"embedded {summary.embedded}, skipped {summary.skipped} (already stored), failed {summary.failed} "
+          f"in {summary.seconds:.1f} s ({rate:.1f} images/s) -> {summary.store}")
+    for failure in summary.failures:
+        print(f"  failed: {failure['path']}: {failure['reason']}")
+    return EXIT_OK
+
+
+def register(sub: Subparsers) -> None:
+    p = add_command(sub, "models", cmd_models, "List the available backbones.")
+    add_json_option(p)
+
+    p = add_command(sub, "embed", cmd_embed, "Embed images (folders, files, globs) into a feature store.")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--store", required=True, type=Path, help="feature store directory (created if absent)")
+    p.add_argument("--model", default="efficientnet-lite0", help="backbone name (see `offshelf models`)")
+    p.add_argument("--layer", default=None, help="layer of the backbone (default: the model's default)")
+    p.add_argument("--pool", default=None, help="gap (default), gmp, gem, gem:P, rmac or rmac:L for conv-map layers")
+    p.add_argument("--augment", default="none", choices=sorted(VIEW_COUNTS), help="views averaged per image")
+    p.add_argument("--batch-size", type=positive_int, default=32,
+                   help="model inputs per call (with --augment, images x views)")
+    p.add_argument("--workers", type=positive_int, default=None, help="decoding threads (default: cores)")
+    p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads (default: cores)")
+    p.add_argument("--shard-size", type=positive_int, default=1024, help="images per committed shard")
+    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb limit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")

@@ -1,0 +1,36 @@
+"""`offshelf search`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from offshelf.cli.common import EXIT_OK, Subparsers, add_command, positive_int, print_json
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    if args.align is not None:
+        from offshelf.upgrade import aligned_search
+
+        hits = aligned_search(args.query, args.store, args.align, k=args.k)
+    else:
+        from offshelf.search import search
+
+        hits = search(args.query, args.store, k=args.k)
+    if args.json:
+        print_json([hit.to_dict() for hit in hits])
+        return EXIT_OK
+    print(f"{'rank':>4}  {'score':>6}  path")
+    for hit in hits:
+        print(f"{hit.rank:>4}  {hit.score:>6.3f}  {hit.path}")
+    return EXIT_OK
+
+
+def register(sub: Subparsers) -> None:
+    p = add_command(sub, "search", cmd_search, "Find the stored images most similar to a query image.")
+    p.add_argument("query", type=Path, metavar="QUERY_IMAGE")
+    p.add_argument("--store", required=True, type=Path)
+    p.add_argument("-k", type=positive_int, default=10, help="number of results")
+    p.add_argument("--align", type=Path, default=None, metavar="MAP_DIR",
+                   help="embed the query with the map's new model and map it into the store's space")
+    p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -1,0 +1,81 @@
+"""The `Embedder`: one model, layer, pooling and set of views, from decoded images to descriptors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from offshelf.errors import OffshelfError
+from offshelf.extract.pooling import Pooling
+from offshelf.images import VIEW_COUNTS, Augment, ImageDecodeError, decode_image, make_views, read_file, views_min_size
+from offshelf.models import ModelSpec, get_model_spec, load_backbone
+from offshelf.store import StoreConfig
+
+
+def make_config(spec: ModelSpec, layer: str | None = None, pool: str | None = None, augment: str = "none") -> StoreConfig:
+    """Validate a model/layer/pooling/views choice and describe the features it makes."""
+    chosen = spec.layer(layer)
+    if augment not in VIEW_COUNTS:
+        raise OffshelfError(f"unknown augment {augment!r}; choose from {', '.join(VIEW_COUNTS)}")
+    if chosen.kind == "vector":
+        if pool not in (None, "none"):
+            raise OffshelfError(f"layer {chosen.name!r} of {spec.name} is already a vector; pooling does not apply")
+        pool_name = "none"
+    else:
+        try:
+            pool_name = Pooling.parse(pool or "gap").name
+        except ValueError as exc:
+            raise OffshelfError(str(exc)) from None
+    return StoreConfig(spec.name, chosen.name, pool_name, augment, chosen.channels, spec.to_dict())
+
+
+class Embedder:
+    """Computes a store's kind of descriptor: views -> backbone layer -> pooling -> mean over views.
+
+    Thread-safe for concurrent `embed_*` calls (ONNX Runtime sessions are).
+    """
+
+    def __init__(self, config: StoreConfig, *, threads: int | None = None) -> None:
+        self.config = config
+        self.spec = ModelSpec.from_dict(config.model_spec) if config.model_spec else get_model_spec(config.model)
+        self.layer = self.spec.layer(config.layer)
+        self.pooling = None if config.pool == "none" else Pooling.parse(config.pool)
+        self.augment: Augment = config.augment  # type: ignore[assignment]
+        self.size = self.spec.preprocessing.size
+        self.min_size = views_min_size(self.size, self.augment)
+        self.backbone = load_backbone(self.spec, threads=threads)
+
+    def views(self, image: Image.Image) -> np.ndarray:
+        """The `(V, size, size, 3)` uint8 views of one decoded image."""
+        return make_views(image, self.size, self.augment)
+
+    def view_features(self, views: Sequence[np.ndarray]) -> np.ndarray:
+        """One float32 descriptor per view, `(N, V, dim)`: for test-time combinations such as summing
+        a probe's scores over views (Razavian et al.) rather than averaging descriptors."""
+        if not views:
+            return np.empty((0, VIEW_COUNTS[self.augment], self.config.dim), np.float32)
+        features = self.backbone.forward(np.concatenate(views), [self.layer.name])[self.layer.name]
+        if self.pooling is not None:
+            features = self.pooling(features)
+        return features.reshape(len(views), -1, features.shape[-1])
+
+    def embed_views(self, views: Sequence[np.ndarray]) -> np.ndarray:
+        """One float32 descriptor per image, the mean over its views, `(N, dim)`."""
+        return self.view_features(views).mean(axis=1, dtype=np.float32)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Descriptors of already decoded images (RGB PIL images)."""
+        return self.embed_views([self.views(image) for image in images])
+
+    def embed_files(self, paths: Sequence[str | Path]) -> np.ndarray:
+        """Descriptors of image files; OffshelfError names the first file that cannot be read."""
+        views = []
+        for path in paths:
+            try:
+                views.append(self.views(decode_image(read_file(path).data, min_size=self.min_size)))
+            except ImageDecodeError as exc:
+                raise OffshelfError(f"cannot read image {path}: {exc.reason}") from None
+        return self.embed_views(views)

@@ -1,0 +1,42 @@
+"""Images: finding files, reading and decoding them, the views a model takes, edited copies, sample photos."""
+
+from offshelf.images.decode import (
+    DECODE_FORMATS,
+    DEFAULT_MAX_PIXELS,
+    RESAMPLE_REDUCING_GAP,
+    FileBytes,
+    ImageDecodeError,
+    decode_image,
+    read_file,
+)
+from offshelf.images.find import IMAGE_EXTENSIONS, find_images
+from offshelf.images.samples import real_photos
+from offshelf.images.views import (
+    ROTATION_DEGREES,
+    VIEW_COUNTS,
+    Augment,
+    crop_boxes,
+    inscribed_scale,
+    make_views,
+    views_min_size,
+)
+
+__all__ = [
+    "DECODE_FORMATS",
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "RESAMPLE_REDUCING_GAP",
+    "ROTATION_DEGREES",
+    "VIEW_COUNTS",
+    "Augment",
+    "FileBytes",
+    "ImageDecodeError",
+    "crop_boxes",
+    "decode_image",
+    "find_images",
+    "inscribed_scale",
+    "make_views",
+    "read_file",
+    "real_photos",
+    "views_min_size",
+]

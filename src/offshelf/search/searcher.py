@@ -1,0 +1,83 @@
+"""Nearest-neighbour search over a feature store by cosine similarity.
+
+The store's own index (`offshelf index build`, saved in the store) is used when there is one; otherwise
+an exact FAISS flat index over the L2-normalized vectors. Queries are embedded with exactly the store's
+model, layer, pooling and views (the store's `Embedder`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from offshelf.errors import OffshelfError
+from offshelf.extract import Embedder
+from offshelf.store import FeatureStore
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result; `score` is the cosine similarity (higher is closer)."""
+
+    rank: int
+    id: int
+    path: str
+    score: float
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+
+class Searcher:
+    """Searches one store. Build once, query many times; `search_*` are safe to call from several threads."""
+
+    def __init__(self, store: FeatureStore | str | Path, *, exact: bool = False, threads: int | None = None) -> None:
+        from offshelf.index import build_index, load_store_index  # sklearn/FAISS only when searching
+        from offshelf.store import resolve_store
+
+        # an upgraded store (marker STORE/upgrade.json, see offshelf.upgrade) is searched in its new store
+        self.store = resolve_store(store)
+        ids, paths, vectors = self.store.vectors()
+        self._path_of = dict(zip(ids.tolist(), paths))
+        saved = None if exact else load_store_index(self.store.root)
+        self.index = saved or build_index(vectors, ids, "flat", identity=self.store.config.identity())
+        self._threads = threads
+        self._embedder: Embedder | None = None
+
+    @property
+    def embedder(self) -> Embedder:
+        """The store's embedder, loaded on first use (searching by vector needs no model)."""
+        if self._embedder is None:
+            self._embedder = Embedder(self.store.config, threads=self._threads)
+        return self._embedder
+
+    def __len__(self) -> int:
+        return len(self._path_of)
+
+    def search_vectors(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """The `k` nearest stored items of each query vector, best first."""
+        if k < 1:
+            raise OffshelfError(f"k must be at least 1, got {k}")
+        queries = np.atleast_2d(queries)
+        if queries.shape[1] != self.store.config.dim:
+            raise OffshelfError(f"query vectors have dim {queries.shape[1]}, the store has {self.store.config.dim}")
+        scores, found = self.index.search(queries, min(k, max(len(self), 1)))
+        results = []
+        for row_scores, row_ids in zip(scores, found):
+            # ids the store no longer holds (an index not yet updated) are dropped, never shown
+            live = [(int(i), float(s)) for s, i in zip(row_scores, row_ids) if i >= 0 and int(i) in self._path_of]
+            results.append([Hit(rank, i, self._path_of[i], s) for rank, (i, s) in enumerate(live, start=1)])
+        return results
+
+    def search_files(self, paths: Sequence[str | Path], k: int = 10) -> list[list[Hit]]:
+        """Embed image files as queries and search; ImageDecodeError if a query cannot be read."""
+        return self.search_vectors(self.embedder.embed_files(paths), k)
+
+
+def search(query: str | Path, store: str | Path, k: int = 10) -> list[Hit]:
+    """The `k` stored images most similar to the image file `query`, best first."""
+    return Searcher(store).search_files([query], k)[0]

@@ -1,0 +1,34 @@
+"""The feature store: Parquet shards plus a manifest, the identity check, and the upgrade marker."""
+
+from offshelf.store.feature_store import (
+    ERRORS_DIR,
+    MANIFEST,
+    REMOVED_DIR,
+    SHARDS_DIR,
+    FeatureStore,
+    FileState,
+    ShardRows,
+    StoreWriter,
+    path_id,
+)
+from offshelf.store.identity import IDENTITY_FIELDS, StoreConfig, check_identity, describe_identity
+from offshelf.store.marker import UPGRADE_MARKER, read_upgrade_marker, resolve_store
+
+__all__ = [
+    "ERRORS_DIR",
+    "IDENTITY_FIELDS",
+    "MANIFEST",
+    "REMOVED_DIR",
+    "SHARDS_DIR",
+    "UPGRADE_MARKER",
+    "FeatureStore",
+    "FileState",
+    "ShardRows",
+    "StoreConfig",
+    "StoreWriter",
+    "check_identity",
+    "describe_identity",
+    "path_id",
+    "read_upgrade_marker",
+    "resolve_store",
+]

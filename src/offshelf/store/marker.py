@@ -1,0 +1,54 @@
+"""The upgrade marker: `STORE/upgrade.json` names the store that replaced this one after `offshelf index upgrade`.
+
+Every command resolves a store through `resolve_store`, so after the switch it acts on the new store.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from offshelf.errors import OffshelfError
+from offshelf.store.feature_store import FeatureStore
+
+UPGRADE_MARKER = "upgrade.json"
+MARKER_KIND = "offshelf-upgrade"
+_MAX_HOPS = 16
+
+
+def read_upgrade_marker(store_dir: str | Path) -> dict[str, Any] | None:
+    """The upgrade marker of a store (where it was upgraded to), or None if it has not been upgraded."""
+    path = Path(store_dir) / UPGRADE_MARKER
+    try:
+        marker = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise OffshelfError(f"unreadable upgrade marker {path}: {exc}") from None
+    if marker.get("kind") != MARKER_KIND or "new_store" not in marker:
+        raise OffshelfError(f"{path} is not an offshelf upgrade marker")
+    return marker
+
+
+def marker_target(store_dir: Path, marker: dict[str, Any]) -> Path:
+    target = Path(marker["new_store"])
+    return target if target.is_absolute() else (store_dir / target).resolve()
+
+
+def resolve_store(store: FeatureStore | str | Path) -> FeatureStore:
+    """The store to search for `store`: itself, or, if it was upgraded, the store its marker names (followed
+    through successive upgrades). This is what `Searcher` uses, so an upgraded store is searched in the new
+    model's space with queries embedded by the new model."""
+    current = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
+    seen = {current.root.resolve()}
+    for _ in range(_MAX_HOPS):
+        marker = read_upgrade_marker(current.root)
+        if marker is None:
+            return current
+        target = marker_target(current.root, marker)
+        if target.resolve() in seen:
+            raise OffshelfError(f"upgrade markers form a loop at {target}")
+        seen.add(target.resolve())
+        current = FeatureStore.open(target)
+    raise OffshelfError(f"more than {_MAX_HOPS} chained upgrades from {store}")
