@@ -16,6 +16,12 @@ def offshelf(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "offshelf.cli", *args], capture_output=True, text=True, timeout=600)
 
 
+def _snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every file under `root`: relative path -> (size, mtime_ns, bytes)."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def test_models_json() -> None:
     result = offshelf("models", "--json")
     assert result.returncode == 0, result.stderr
@@ -163,8 +169,19 @@ def test_align_search_align_and_index_upgrade(tmp_path: Path, small_photo_set: l
     assert aligned.returncode == 0, aligned.stderr
     report = json.loads(aligned.stdout)
     assert report["method"] == "procrustes" and report["holdout_cosine"] > 0.5
+    before = {store: _snapshot(Path(store)) for store in (old, new)}
+    items = {store: json.loads(offshelf("info", "--store", store, "--json").stdout)["items"] for store in (old, new)}
     swapped = offshelf("align", "--old", new, "--new", new, "--out", str(tmp_path / "m2"))
     assert swapped.returncode == 2
+    # one line naming the store and what is wrong with the pair: same model, same features, nothing to align
+    assert swapped.stdout == "" and swapped.stderr.count("\n") == 1, swapped.stderr
+    assert swapped.stderr.startswith(f"offshelf: error: stores {new} and {new} hold the same features ("), swapped.stderr
+    assert "efficientnet-lite2" in swapped.stderr and "nothing to align" in swapped.stderr
+    # and nothing was written: both stores unchanged to the byte, no map
+    assert {store: _snapshot(Path(store)) for store in (old, new)} == before
+    assert items == {old: 40, new: 40}
+    assert {s: json.loads(offshelf("info", "--store", s, "--json").stdout)["items"] for s in (old, new)} == items
+    assert not (tmp_path / "m2").exists()
 
     # a new-model query searches the old store through the map; the map's own training images come first
     hits = json.loads(offshelf("search", images[3], "--store", old, "--align", map_dir, "-k", "3", "--json").stdout)

@@ -61,8 +61,10 @@ def test_stored_vector_equals_direct_model_output(tmp_path: Path, photos: list[P
         pixels = np.asarray(image.convert("RGB").resize((224, 224), Image.BILINEAR))[None]
     backbone = load_backbone("efficientnet-lite0")
     direct = Pooling.parse("gap")(backbone.forward(pixels, ["head"])["head"])
-    cosine = float(stored[0] @ direct[0] / np.linalg.norm(stored[0]) / np.linalg.norm(direct[0]))
-    assert cosine > 0.995, cosine
+    # Same pixels (a 512x512 PNG: no draft decoding, no reducing-gap pre-shrink), same graph: the two agree
+    # exactly here (measured max difference 0.0). The tolerance only leaves room for float32 reassociation in
+    # ONNX Runtime's kernels (thread split, batch layout): a few ulps of values up to ~3, i.e. ~1e-6.
+    np.testing.assert_allclose(stored[0], direct[0], rtol=0, atol=1e-5)
 
 
 def test_rerun_is_incremental(tmp_path: Path, photo_dir: Path, photos: list[Path]) -> None:
@@ -106,10 +108,11 @@ def test_views_are_averaged(tmp_path: Path, photos: list[Path]) -> None:
     with Image.open(photo) as image:
         rgb = image.convert("RGB")
     expected = (plain.embed_images([rgb]) + plain.embed_images([rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])) / 2
-    np.testing.assert_allclose(flipped.embed_images([rgb]), expected, rtol=1e-4, atol=1e-5)
+    # measured: bit-identical; atol leaves float32 rounding (values up to ~4) of a differently batched forward
+    np.testing.assert_allclose(flipped.embed_images([rgb]), expected, rtol=0, atol=1e-5)
     per_view = flipped.view_features([flipped.views(rgb)])
     assert per_view.shape == (1, 2, 1280)
-    np.testing.assert_allclose(per_view[0, 0], plain.embed_images([rgb])[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(per_view[0, 0], plain.embed_images([rgb])[0], rtol=0, atol=1e-5)
 
 
 def test_batch_size_counts_views(tmp_path: Path, photos: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -154,4 +157,5 @@ def test_sigkill_then_resume_gives_exactly_one_row_per_image(tmp_path: Path, sma
     assert reference.embedded == 5
     _, ref_paths, ref_vectors = FeatureStore.open(tmp_path / "reference").vectors()
     for path, vector in zip(ref_paths, ref_vectors):
-        np.testing.assert_allclose(vectors[paths.index(path)], vector, rtol=1e-4, atol=1e-5)
+        # same pixels, other batch sizes: only float32 rounding may differ
+        np.testing.assert_allclose(vectors[paths.index(path)], vector, rtol=0, atol=1e-5)

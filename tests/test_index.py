@@ -40,9 +40,9 @@ N, DIM = 3000, 64
 # kind -> (build parameters, recall@10 it must reach against numpy brute force); see test_recall_of_every_kind
 CASES: dict[str, tuple[dict, float]] = {
     "flat": ({}, 1.0),
-    "hnsw": ({}, 0.95),
-    "ivfpq": ({"rerank": 100}, 0.9),
-    "binary": ({"rerank": 100}, 0.9),
+    "hnsw": ({}, 0.995),
+    "ivfpq": ({"rerank": 100}, 0.995),
+    "binary": ({"rerank": 100}, 0.99),
 }
 
 
@@ -109,13 +109,17 @@ def test_flat_is_exact(built: dict[str, VectorIndex], data: tuple[np.ndarray, np
 def test_recall_of_every_kind(built: dict[str, VectorIndex], data: tuple[np.ndarray, np.ndarray], kind: str) -> None:
     """Thresholds: flat is exact; hnsw (M=32, efSearch=64) is near exact at this size. ivfpq and binary re-rank
     their best 100 candidates exactly, so they lose a true top-10 neighbour only when the coarse stage (probed
-    cells; PQ at 16 bytes or 64-bit ITQ codes) ranks it below 100th of 3000: measured ~0.99, asserted 0.9 to
-    leave room for k-means/ITQ initialisation on other platforms."""
+    cells; PQ at 16 bytes or 64-bit ITQ codes) ranks it below 100th of 3000. Measured on this mixture and on
+    three other seeds of it: hnsw 1.0, ivfpq 1.0, binary 0.9965-0.998. Asserted: 0.995 for hnsw and ivfpq,
+    0.99 for binary (at most 300 of the 30,000 true neighbours missed, 4x the worst measured), which leaves
+    room for k-means/ITQ initialisation on other platforms but not for a broken coarse stage or re-ranking."""
     X, ids = data
     recall = numpy_recall(built[kind], X, ids)
     assert recall >= CASES[kind][1]
     measured = measure_recall(built[kind], X, ids, sample=N)
-    assert measured["recall_at_10"] == pytest.approx(recall, abs=0.005)
+    # the same leave-one-out recall over every vector, computed by the library: equal (measured), up to
+    # float32-vs-float64 ordering of exact near-ties in the reference (a few of 30,000 neighbours)
+    assert measured["recall_at_10"] == pytest.approx(recall, abs=0.001)
     assert measured["qps"] > 0 and measured["queries"] == N and 0 <= measured["recall_at_1"] <= 1
 
 
@@ -345,7 +349,7 @@ def test_crash_during_save_leaves_previous_index(data: tuple[np.ndarray, np.ndar
 
     original_bytes = index_base.atomic_write_bytes
     monkeypatch.setattr(index_base, "atomic_write_json" if crash_at == "manifest" else "atomic_write_bytes", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="^simulated crash$"):
         index.save(directory)
     monkeypatch.undo()
     assert_previous_index(directory, data, answers)
@@ -405,6 +409,7 @@ def test_store_index_build_update_and_identity(tmp_path: Path) -> None:
     report = build_store_index(store.root, "hnsw", target_recall=0.99, sample=500)
     json.dumps(report)
     assert report["kind"] == "hnsw" and report["n"] == 1200 and report["tuning"]["reached"]
+    assert report["tuning"]["recall_at_10"] >= 0.99  # reached: on the tuning sample the target itself holds
     assert report["recall_at_10"] >= 0.97 and 0 < report["recall_at_1"] <= 1
     assert report["bytes_per_vector"] > 4 * DIM and report["qps"] > 0 and report["build_seconds"] > 0
 

@@ -52,7 +52,7 @@ def test_accuracy_matches_sklearn() -> None:
     indicator_true, indicator_pred = rng.random((50, 4)) < 0.3, rng.random((50, 4)) < 0.3
     indicator_pred[:20] = indicator_true[:20]
     assert accuracy(indicator_true, indicator_pred) == pytest.approx(sk.accuracy_score(indicator_true, indicator_pred))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^y_true and y_pred differ in shape: \(2,\) vs \(1,\)$"):
         accuracy([1, 2], [1])
 
 
@@ -116,7 +116,7 @@ def test_recall_at_k_matches_sklearn_top_k_accuracy(k: int) -> None:
     ranked = np.argsort(-scores, axis=1)
     expected = sk.top_k_accuracy_score(truth, scores, k=k, labels=np.arange(20))
     assert recall_at_k(ranked, truth, k) == pytest.approx(expected)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^k must be in 1\.\.20, got 21$"):
         recall_at_k(ranked, truth, 21)
 
 

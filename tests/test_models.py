@@ -457,5 +457,5 @@ def test_session_settings_and_thread_count(monkeypatch: pytest.MonkeyPatch, back
     assert resolve_threads(None) == 1
     monkeypatch.delenv("OFFSHELF_ORT_THREADS")
     assert resolve_threads(None) == len(os.sched_getaffinity(0))
-    with pytest.raises(ModelError):
+    with pytest.raises(ModelError, match=r"^ONNX Runtime needs at least one thread, got 0$"):
         resolve_threads(0)

@@ -43,8 +43,14 @@ def test_names_and_parse_errors() -> None:
     assert Pooling.parse("GEM").name == "gem:3"
     assert Pooling.parse("gem:2.5").name == "gem:2.5"
     assert Pooling.parse("gap").name == "gap"
-    for bad in ("avg", "gap:2", "gmp:1", "gem:x", "gem:-1", "gem:0", "gem:inf"):
-        with pytest.raises(ValueError):
+    for bad, message in (("avg", r"^unknown pooling 'avg'; choose from gap, gmp, gem, gem:P, rmac, rmac:L$"),
+                         ("gap:2", r"^pooling 'gap' takes no parameter \(got 'gap:2'\)$"),
+                         ("gmp:1", r"^pooling 'gmp' takes no parameter \(got 'gmp:1'\)$"),
+                         ("gem:x", r"^GeM exponent must be a number, got 'x'$"),
+                         ("gem:-1", r"^GeM exponent must be finite and > 0, got -1\.0$"),
+                         ("gem:0", r"^GeM exponent must be finite and > 0, got 0\.0$"),
+                         ("gem:inf", r"^GeM exponent must be finite and > 0, got inf$")):
+        with pytest.raises(ValueError, match=message):
             Pooling.parse(bad)
     with pytest.raises(ValueError, match="N, C, H, W"):
         Pooling.parse("gap")(np.zeros((2, 3), np.float32))
@@ -80,5 +86,5 @@ def test_rmac_against_manual_computation(maps: np.ndarray) -> None:
     np.testing.assert_allclose(Pooling.parse("rmac")(square), expected, rtol=1e-5)
     assert Pooling.parse("rmac").name == "rmac:3" and Pooling.parse("rmac:2").name == "rmac:2"
     for bad in ("rmac:0", "rmac:x", "rmac:9"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=rf"^R-MAC levels must be a whole number from 1 to 6, got '{bad[5:]}'$"):
             Pooling.parse(bad)

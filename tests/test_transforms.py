@@ -26,7 +26,7 @@ def test_signed_power_matches_formula_and_follows_sklearn_conventions(features: 
     power = SignedPower(alpha=0.3)
     np.testing.assert_allclose(power.fit_transform(features), np.sign(features) * np.abs(features) ** 0.3, rtol=1e-6)
     assert clone(power).get_params() == {"alpha": 0.3}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^alpha must be > 0, got 0$"):
         SignedPower(alpha=0).fit(features)
 
 

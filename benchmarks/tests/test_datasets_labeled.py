@@ -152,11 +152,11 @@ def test_labeled_set_subset_and_csv(tmp_path: Path):
             {"path": "b.png", "label": "y"},
             {"path": "c.png", "label": "x"},
         ]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^split must be one of \('train', 'test'\), got 'val'$"):
         ds.subset("val")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^paths, labels and split differ in length: \(1, 0, 0\)$"):
         LabeledSet("bad", [Path("a.png")], [], [])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^split values must be one of \('train', 'test'\), got \['val'\]$"):
         LabeledSet("bad", [Path("a.png")], ["x"], ["val"])
 
 
@@ -193,7 +193,7 @@ def test_openclipart_split_is_stratified_deterministic_and_disjoint(clipart: Lab
     assert other.paths == clipart.paths and other.split != clipart.split
     half = openclipart(test_fraction=0.5)
     assert collections.Counter(half.split)["test"] > len(test)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^test_fraction must be in \(0, 1\), got 1\.0$"):
         openclipart(test_fraction=1.0)
 
 

@@ -88,7 +88,7 @@ def test_model_round_trip(source):
 
 
 def test_bad_arguments(source):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^n must be >= 0, got -1$"):
         realistic_vectors(-1, source=source, cache=False, **SMALL)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"real vectors of dim \d+ are too few for n_pca=200, n_components=48$"):
         PCAMixture(n_pca=200).fit(source)  # more components than the dimension
