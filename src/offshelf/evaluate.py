@@ -34,6 +34,7 @@ from offshelf.baselines import BASELINES, BaselineError, extract_baseline
 from offshelf.errors import OffshelfError
 from offshelf.metrics import mean_average_precision_ranked, mean_defined
 from offshelf.probe import LabelSource, LinearProbe, align_labels, evaluate
+from offshelf.probe.labels import label_tuples, looks_multilabel
 from offshelf.store import FeatureStore
 from offshelf.vectors import l2_normalize
 
@@ -53,13 +54,9 @@ Labels = Sequence[Any] | np.ndarray
 # -- targets -------------------------------------------------------------------------------------
 
 def _targets(y: Labels) -> tuple[bool, list[tuple[Any, ...]]]:
-    """`(multilabel, each item's labels as a tuple)`: a 1-D array of labels, one collection of labels per item,
-    or a 0/1 indicator matrix (n, classes) whose labels are the column numbers."""
-    if isinstance(y, np.ndarray) and y.ndim == 2:
-        return True, [tuple(np.flatnonzero(row).tolist()) for row in y]
-    items = y.tolist() if isinstance(y, np.ndarray) else list(y)
-    multilabel = any(isinstance(item, (list, tuple, set, frozenset)) for item in items)
-    return multilabel, [tuple(dict.fromkeys(item)) if multilabel else (item,) for item in items]
+    """`(multilabel, each item's labels as a tuple)`, read as the probe reads them."""
+    multilabel = looks_multilabel(y)
+    return multilabel, label_tuples(y, multilabel)
 
 
 def _probe_targets(targets: list[tuple[Any, ...]], multilabel: bool, rows: np.ndarray) -> Any:

@@ -46,7 +46,7 @@ from threadpoolctl import threadpool_limits
 from offshelf.errors import OffshelfError
 from offshelf.io import load_bundle, save_bundle
 from offshelf.metrics import accuracy, average_precision, confusion_matrix, mean_average_precision
-from offshelf.probe.labels import Targets
+from offshelf.probe.labels import Targets, is_indicator, label_tuples, looks_multilabel
 from offshelf.store import IDENTITY_FIELDS
 from offshelf.transforms import SignedPower, pipeline_from_bundle, pipeline_to_bundle
 
@@ -59,32 +59,6 @@ PROBE_FORMAT = 1
 
 
 # -- targets -------------------------------------------------------------------------------------
-
-def _is_collection(item: Any) -> bool:
-    return isinstance(item, (list, tuple, set, frozenset, np.ndarray))
-
-
-def _is_indicator(y: Any) -> bool:
-    return isinstance(y, np.ndarray) and y.ndim == 2
-
-
-def _looks_multilabel(y: Any) -> bool:
-    return _is_indicator(y) or any(_is_collection(item) for item in y)
-
-
-def _label_tuples(y: Any, multilabel: bool) -> Targets:
-    """Each item's labels as a tuple (one label for multi-class targets), in input order, without repeats."""
-    if _is_indicator(y):
-        if not multilabel:
-            raise OffshelfError("an indicator matrix of labels is multi-label; give one label per item")
-        return [tuple(np.flatnonzero(row).tolist()) for row in y]
-    items = y.tolist() if isinstance(y, np.ndarray) else list(y)
-    if not multilabel:
-        if any(_is_collection(item) for item in items):
-            raise OffshelfError("this probe is multi-class: give exactly one label per item")
-        return [(item,) for item in items]
-    return [tuple(dict.fromkeys(item)) if _is_collection(item) else (item,) for item in items]
-
 
 def _indicator(targets: Targets, classes: np.ndarray) -> np.ndarray:
     """`(n, C)` bool membership of `classes` in each item's labels (labels outside `classes` are ignored)."""
@@ -215,12 +189,12 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         """Fit on descriptors `X (n, D)` and labels `y` (see the module docstring for the target kinds)."""
         self._check_params()
         X = check_array(X, dtype=np.float64)
-        self.multilabel_ = bool(_looks_multilabel(y) if self.multilabel is None else self.multilabel)
-        targets = _label_tuples(y, self.multilabel_)
+        self.multilabel_ = bool(looks_multilabel(y) if self.multilabel is None else self.multilabel)
+        targets = label_tuples(y, self.multilabel_)
         if len(targets) != len(X):
             raise OffshelfError(f"{len(X)} descriptors but {len(targets)} labels")
         all_labels = [label for labels in targets for label in labels]
-        self.classes_ = np.arange(y.shape[1]) if _is_indicator(y) else np.unique(all_labels)
+        self.classes_ = np.arange(y.shape[1]) if is_indicator(y) else np.unique(all_labels)
         Y = _indicator(targets, self.classes_)
         self._check_counts(Y)
         self.n_features_in_ = X.shape[1]
@@ -355,7 +329,7 @@ def evaluate(probe: LinearProbe, X: np.ndarray, y: Any) -> dict[str, Any]:
     least one positive (others are null); `n`; for multi-class also `confusion`: {"labels", "matrix"} with
     rows = true labels, columns = predicted (labels unknown to the probe are appended).
     """
-    targets = _label_tuples(y, probe.multilabel_)
+    targets = label_tuples(y, probe.multilabel_)
     if len(targets) != len(X):
         raise OffshelfError(f"{len(X)} descriptors but {len(targets)} labels")
     return probe._report(probe.decision_function(X), targets)

@@ -16,6 +16,36 @@ from offshelf.errors import OffshelfError
 Targets = list[tuple[Any, ...]]
 
 
+def is_collection(item: Any) -> bool:
+    """Whether one item's target is several labels."""
+    return isinstance(item, (list, tuple, set, frozenset, np.ndarray))
+
+
+def is_indicator(y: Any) -> bool:
+    """Whether targets are a 0/1 indicator matrix (n, classes)."""
+    return isinstance(y, np.ndarray) and y.ndim == 2
+
+
+def looks_multilabel(y: Any) -> bool:
+    """Whether targets are multi-label (an indicator matrix, or some item has a collection of labels)."""
+    return is_indicator(y) or any(is_collection(item) for item in y)
+
+
+def label_tuples(y: Any, multilabel: bool) -> Targets:
+    """Each item's labels as a tuple (one label for multi-class targets), in input order, without repeats."""
+    if is_indicator(y):
+        if not multilabel:
+            raise OffshelfError("an indicator matrix of labels is multi-label; give one label per item")
+        return [tuple(np.flatnonzero(row).tolist()) for row in y]
+    items = y.tolist() if isinstance(y, np.ndarray) else list(y)
+    if not multilabel:
+        if any(is_collection(item) for item in items):
+            raise OffshelfError("this probe is multi-class: give exactly one label per item")
+        return [(item,) for item in items]
+    return [tuple(dict.fromkeys(item)) if is_collection(item) else (item,) for item in items]
+
+
+
 def read_labels_csv(path: str | Path) -> dict[str, list[str]]:
     """`{resolved image path: [labels]}` from a CSV with columns `path,label` (one row per path and label).
 
