@@ -519,3 +519,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.cl
     else:
         print(result["summary"])
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

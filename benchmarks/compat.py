@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -359,3 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      quick=args.quick, progress=not args.no_progress)
     print(json.dumps(doc, indent=2, default=float) if args.json else summary(doc))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
@@ -379,3 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            spatial_levels=args.spatial_levels)
     print(json.dumps(result, indent=2) if args.json else main_summary(result))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -310,7 +310,8 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.embed_throughput", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.embed_throughput",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=300, help="number of photos (default 300)")
     parser.add_argument("--naive-n", type=int, default=60, help="photos timed in the naive loop (c)")
     parser.add_argument("--wall-n", type=int, default=64, help="number of 4K-ish wallpapers for (d), (e)")
