@@ -73,8 +73,7 @@ def test_store_reader_rejects_or_returns_committed_rows(material: Material, whic
     assert store_target(material, files[which % len(files)], changes, edits) in ("ok", "rejected")
 
 
-@BOUNDED
-@settings(max_examples=80)  # each example copies the store and loads FAISS: ~50 ms
+@settings(BOUNDED, max_examples=80)  # each example copies the store and loads FAISS: ~50 ms
 @given(which=st.integers(0, 1000), changes=mutations, edits=json_edits)
 def test_index_reader_rejects_or_searches_stored_ids(material: Material, which: int, changes: list,
                                                      edits: list) -> None:
