@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 import time
 from collections import Counter
@@ -40,6 +41,13 @@ MUTATION_LISTS = st.lists(st.tuples(st.sampled_from(MUTATIONS), st.integers(0, 1
 JSON_EDITS = st.lists(st.tuples(st.integers(0, 200), st.integers(0, 200)), max_size=3)
 
 
+def crash_kind(exc: BaseException) -> str:
+    """The exception's type and first line, without file names or ids (so one defect counts once)."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    first = re.sub(r"'?/\S+'?", "FILE", first)
+    return f"{type(exc).__name__}: {re.sub(r'[0-9]{6,}', 'N', first)[:90]}"
+
+
 def fuzz(run: Callable[..., str], strategy: st.SearchStrategy, examples: int) -> dict[str, Any]:
     """Feed `examples` inputs drawn from `strategy` to `run`; count outcomes and keep one input per crash."""
     counts: Counter[str] = Counter()
@@ -53,8 +61,7 @@ def fuzz(run: Callable[..., str], strategy: st.SearchStrategy, examples: int) ->
             counts[run(*args)] += 1
         except Exception as exc:  # noqa: BLE001 - a crash is what we count
             counts["crash"] += 1
-            first = str(exc).splitlines()[0][:160] if str(exc) else ""
-            crashes.setdefault(f"{type(exc).__name__}: {first}", repr(args)[:400])
+            crashes.setdefault(crash_kind(exc), repr(args)[:400])
 
     started = time.perf_counter()
     one()
