@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -368,7 +369,8 @@ class VectorIndex:
         files = {key: f"{key}-{token}.{_EXT[key]}" for key in DATA_FILES}
         for key in DATA_FILES:
             atomic_write_bytes(target / files[key], data[key])
-        manifest["files"] = {key: {"name": files[key], "bytes": len(data[key])} for key in DATA_FILES}
+        manifest["files"] = {key: {"name": files[key], "bytes": len(data[key]),
+                                   "sha256": hashlib.sha256(data[key]).hexdigest()} for key in DATA_FILES}
         atomic_write_json(target / MANIFEST, manifest)
         for key in DATA_FILES:
             for old in target.glob(f"{key}-*.{_EXT[key]}"):
@@ -400,6 +402,11 @@ class VectorIndex:
                 return _KINDS[manifest["kind"]]._from_files(source, manifest)
             except FileNotFoundError:
                 continue  # a concurrent save replaced the files this manifest named: read the new one
+            except (KeyError, TypeError, ValueError, RuntimeError, zipfile.BadZipFile) as exc:
+                # a damaged or hand-edited manifest or data file (FAISS reports corrupt data as RuntimeError)
+                raise OffshelfError(f"damaged index at {source}: {type(exc).__name__}: "
+                                    f"{str(exc).splitlines()[0] if str(exc) else ''}; rebuild it with "
+                                    "`offshelf index build`") from None
         raise OffshelfError(f"index at {source} keeps changing while being read; try again")
 
     @classmethod
@@ -407,12 +414,16 @@ class VectorIndex:
         data = {}
         for key in DATA_FILES:
             entry = manifest["files"][key]
+            if Path(entry["name"]).name != entry["name"]:
+                raise OffshelfError(f"index manifest {source / MANIFEST} names a file outside its folder")
             data[key] = (source / entry["name"]).read_bytes()
-            if len(data[key]) != entry["bytes"]:
+            expected = entry.get("sha256")  # absent in indexes saved before checksums were recorded
+            if len(data[key]) != entry["bytes"] or (expected and hashlib.sha256(data[key]).hexdigest() != expected):
                 raise OffshelfError(f"index file {source / entry['name']} is truncated or corrupt")
         arrays = arrays_from_bytes(data["arrays"])
         index = cls(manifest["dim"], pca=manifest["pca"], whiten=manifest["whiten"],
                     identity=manifest["identity"], **manifest["params"])
+        index._check_search_params(index._params)
         index.d = manifest["index_dim"]
         index.pipeline = pipeline_from_bundle(manifest["pipeline"], arrays, prefix="pipeline")
         index._projection = _projection(index.pipeline)
@@ -432,7 +443,9 @@ def read_manifest(source: Path) -> dict[str, Any]:
         raise OffshelfError(f"no index at {source} (missing {MANIFEST})") from None
     except ValueError as exc:
         raise OffshelfError(f"unreadable index manifest {source / MANIFEST}: {exc}") from None
-    if manifest.get("format") != FORMAT or manifest.get("kind") not in _KINDS:
+    if not isinstance(manifest, dict):
+        raise OffshelfError(f"index manifest {source / MANIFEST} is not a JSON object")
+    if manifest.get("format") != FORMAT or not isinstance(manifest.get("kind"), str) or manifest["kind"] not in _KINDS:
         raise OffshelfError(f"{source} holds an index this version cannot read "
                             f"(format {manifest.get('format')}, kind {manifest.get('kind')!r})")
     return manifest

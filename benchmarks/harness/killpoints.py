@@ -1,0 +1,341 @@
+"""Kill points: run a real `offshelf` command in a subprocess and SIGKILL it at its Nth file-system write.
+
+The subprocess installs a Python audit hook (PEP 578) that counts every write it makes (opening a file for
+writing, creating a temporary file, rename/replace, remove, mkdir, rmdir, rmtree) and sends itself SIGKILL just
+before the Nth. A first, complete run of the same command counts its writes; a seed picks N among them. Writes
+made inside C++ (Parquet pages, FAISS) are not counted, but the temporary file they go to and its rename are, so
+every step of an atomic write (created, filled, fsynced, renamed) is a kill point.
+
+A `KillCase` says how to prepare a work folder, which command to run, and how to verify the folder after the
+kill and after a complete re-run. Adding a command (e.g. `compact`) is one `KillCase` in `kill_cases`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from offshelf.cli import main
+
+KILL_HOOK = r"""
+import os, signal, sys
+_AT = int(os.environ.get("OFFSHELF_KILL_AT", "0"))
+_LOG = os.environ.get("OFFSHELF_KILL_LOG")
+_EVENTS = {"os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.truncate", "shutil.rmtree", "shutil.move", "os.link"}
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+_seen = []
+def _hook(event, args):
+    if event == "open":
+        path, mode, flags = args
+        if isinstance(path, int) or path == _LOG or not (any(c in mode for c in "wax+") if mode else flags & _WRITE_FLAGS):
+            return
+    elif event not in _EVENTS:
+        return
+    _seen.append(f"{event} {args[0]}")
+    if len(_seen) == _AT:
+        os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(_hook)
+from offshelf.cli import main
+code = main(sys.argv[1:])
+if _LOG:
+    with open(_LOG, "w") as handle:
+        handle.write("\n".join(_seen))
+sys.exit(code)
+"""
+KILLED = -9
+TIMEOUT = 600
+
+
+def run_offshelf(argv: list[str], kill_at: int = 0, log: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `offshelf ARGV` in a subprocess, SIGKILLed before its `kill_at`-th write (0: never); `log` gets the writes."""
+    env = {**os.environ, "OFFSHELF_KILL_AT": str(kill_at)}
+    if log is not None:
+        env["OFFSHELF_KILL_LOG"] = str(log)
+    return subprocess.run([sys.executable, "-c", KILL_HOOK, *argv], capture_output=True, text=True, env=env,
+                          timeout=TIMEOUT)
+
+
+@dataclass(frozen=True)
+class KillCase:
+    """A command to kill, the folder it works in, and what must hold after the kill and after a re-run."""
+
+    name: str
+    prepare: Callable[[Path], None]  # make the starting state in an empty work folder
+    argv: Callable[[Path], list[str]]  # the command (also the re-run)
+    verify: Callable[[Path, bool], None]  # (work folder, complete?) -> AssertionError naming what is wrong
+    rerun_args: Callable[[], list[str]] = field(default=lambda: [])  # extra options of the re-run
+
+
+def count_writes(case: KillCase, work: Path) -> list[str]:
+    """The writes of a complete run of `case` (prepared in `work`); checks the run and its verification."""
+    case.prepare(work)
+    log = work / "writes.log"
+    result = run_offshelf(case.argv(work), log=log)
+    assert result.returncode == 0, f"{case.name}: {result.stderr[-2000:]}"
+    case.verify(work, True)
+    return log.read_text().splitlines()
+
+
+def run_kill_point(case: KillCase, work: Path, kill_at: int, writes: list[str]) -> dict[str, Any]:
+    """Prepare `work`, kill the command before write `kill_at`, verify, re-run to completion, verify again."""
+    case.prepare(work)
+    killed = run_offshelf(case.argv(work), kill_at=kill_at)
+    assert killed.returncode in (KILLED, 0), f"{case.name} @ {kill_at}: {killed.stderr[-2000:]}"
+    case.verify(work, False)
+    rerun_argv = [*case.argv(work), *case.rerun_args()]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as errors:
+        code = main(rerun_argv)  # the re-run is not killed: in this process, without the start-up cost
+    assert code == 0, f"{case.name} re-run after kill @ {kill_at}: {errors.getvalue()[-2000:]}"
+    case.verify(work, True)
+    return {"case": case.name, "kill_at": kill_at, "of": len(writes), "killed": killed.returncode == KILLED,
+            "before": writes[kill_at - 1] if 0 < kill_at <= len(writes) else None}
+
+
+def seeded_kill_points(n_writes: int, seeds: list[int]) -> list[int]:
+    """One kill point per seed, uniformly among the writes."""
+    return [random.Random(seed).randint(1, n_writes) for seed in seeds]
+
+
+# -- what must hold ---------------------------------------------------------------------------------
+def shard_rows(store: Path) -> int:
+    """How many embedding rows the store's shards hold (every version of every item)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted((store / "shards").glob("[0-9]*.parquet")))
+
+
+def assert_store_readable(store: Path) -> None:
+    """A store (if it exists) opens and reads: only committed, complete files are visible."""
+    from offshelf.store import FeatureStore
+
+    if (store / "manifest.json").is_file():
+        opened = FeatureStore.open(store)
+        opened.vectors()
+        opened.errors()
+
+
+def assert_every_row_found(store: Path, k: int = 3) -> int:
+    """Every stored vector, searched with `offshelf search`'s Searcher, finds its own item first; returns rows."""
+    from offshelf.search import Searcher
+
+    searcher = Searcher(store)
+    ids, paths, vectors = searcher.store.vectors()
+    hits = searcher.search_vectors(vectors, k=k)
+    lost = [path for i, path, found in zip(ids.tolist(), paths, hits) if not found or found[0].id != i]
+    assert not lost, f"{len(lost)} of {len(ids)} stored rows of {store} are not found by search, e.g. {lost[0]}"
+    return len(ids)
+
+
+def assert_one_row_per_image(store: Path, images: list[Path]) -> None:
+    """The store holds exactly `images`, each once, and its shards hold no second row for any of them."""
+    from offshelf.store import FeatureStore
+
+    paths = FeatureStore.open(store).table().column("path").to_pylist()
+    assert sorted(paths) == sorted(map(str, images)), f"{store} holds {len(paths)} items, expected {len(images)}"
+    assert shard_rows(store) == len(images), f"{store} shards hold {shard_rows(store)} rows for {len(images)} images"
+
+
+def index_ids(store: Path) -> set[int] | None:
+    """The ids in the store's saved index (None without one); the index must load."""
+    from offshelf.index import load_store_index
+
+    index = load_store_index(store)
+    return None if index is None else set(index.ids().tolist())
+
+
+def store_ids(store: Path) -> set[int]:
+    from offshelf.store import FeatureStore
+
+    return set(FeatureStore.open(store).table().column("id").to_pylist())
+
+
+# -- the cases --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KillData:
+    """Shared, read-only inputs: images, a store of them (old model), one of the new model, a map between."""
+
+    images: list[Path]
+    old_store: Path
+    new_store: Path
+    map_dir: Path
+
+
+def build_kill_data(root: Path, images: list[Path]) -> KillData:
+    """Embed `images` with efficientnet-lite0 and -lite2 and fit a Procrustes map between them (once per root)."""
+    from offshelf.extract import embed
+    from offshelf.upgrade import fit_alignment, save_alignment
+
+    old, new, map_dir = root / "old-store", root / "new-store", root / "map"
+    for store, model in ((old, "efficientnet-lite0"), (new, "efficientnet-lite2")):
+        if not (store / "manifest.json").is_file():
+            assert embed(images, store, model=model, progress=False).failed == 0
+    if not (map_dir / "meta.json").is_file():
+        save_alignment(fit_alignment(old, new)[0], map_dir)
+    return KillData(list(images), old, new, map_dir)
+
+
+def _fresh(work: Path) -> None:
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+
+
+def _copy_store(source: Path, target: Path, with_index: bool) -> None:
+    shutil.copytree(source, target, ignore=None if with_index else shutil.ignore_patterns("index"))
+
+
+@functools.cache
+def _help_has(command: str, option: str) -> bool:
+    """Whether `offshelf COMMAND` takes `option` (e.g. `--force`, which a re-run over a partial output needs)."""
+    return option in run_offshelf([command, "--help"]).stdout
+
+
+def embed_case(data: KillData, indexed: bool = False) -> KillCase:
+    """`offshelf embed` of every image, two per shard; `indexed`: into a store holding half of them and an index."""
+    def prepare(work: Path) -> None:
+        _fresh(work)
+        if indexed:
+            from offshelf.extract import embed
+            from offshelf.index import build_store_index
+
+            embed(data.images[: len(data.images) // 2], work / "store", progress=False)
+            build_store_index(work / "store", "hnsw")
+
+    def verify(work: Path, complete: bool) -> None:
+        store = work / "store"
+        assert_store_readable(store)
+        if complete:
+            assert_one_row_per_image(store, data.images)
+            assert_every_row_found(store)
+
+    return KillCase("embed" + ("-indexed" if indexed else ""), prepare,
+                    lambda work: ["embed", *map(str, data.images), "--store", str(work / "store"), "--batch-size",
+                                  "2", "--shard-size", "2", "--quiet", "--json"], verify)
+
+
+def index_build_case(data: KillData, over: str | None = None) -> KillCase:
+    """`offshelf index build --kind hnsw`; `over`: replacing a saved index of that kind (an index save)."""
+    def prepare(work: Path) -> None:
+        _fresh(work)
+        _copy_store(data.old_store, work / "store", with_index=False)
+        if over:
+            from offshelf.index import build_store_index
+
+            build_store_index(work / "store", over)
+
+    def verify(work: Path, complete: bool) -> None:
+        store = work / "store"
+        indexed = index_ids(store)  # loads: the old index or the new one, never a mix
+        assert indexed is None or indexed == store_ids(store), "the saved index does not hold the store's ids"
+        if over:
+            assert indexed is not None, "the previous index was lost"
+        if complete:
+            from offshelf.index.base import read_manifest
+
+            assert read_manifest(store / "index")["kind"] == "hnsw"
+            assert_every_row_found(store)
+
+    return KillCase("index-save" if over else "index-build", prepare,
+                    lambda work: ["index", "build", "--store", str(work / "store"), "--kind", "hnsw", "--json"],
+                    verify)
+
+
+def align_case(data: KillData) -> KillCase:
+    """`offshelf align` of the new store onto the old: the map folder is absent, refused, or complete."""
+    def verify(work: Path, complete: bool) -> None:
+        from offshelf.errors import OffshelfError
+        from offshelf.store import FeatureStore
+        from offshelf.upgrade import load_alignment
+
+        try:
+            alignment = load_alignment(work / "map")
+        except OffshelfError:
+            assert not complete, "the re-run left no loadable map"
+            return
+        _, _, new_vectors = FeatureStore.open(data.new_store).vectors()
+        mapped = alignment.transform(new_vectors)
+        assert mapped.shape == (len(new_vectors), alignment.old_identity["dim"]) and np.isfinite(mapped).all()
+
+    return KillCase("align", _fresh,
+                    lambda work: ["align", "--old", str(data.old_store), "--new", str(data.new_store), "--out",
+                                  str(work / "map"), "--json"], verify,
+                    rerun_args=lambda: ["--force"] if _help_has("align", "--force") else [])
+
+
+def upgrade_case(data: KillData) -> KillCase:
+    """`offshelf index upgrade` of a copy of the old store (with an HNSW index) to the new model."""
+    def prepare(work: Path) -> None:
+        _fresh(work)
+        _copy_store(data.old_store, work / "old", with_index=False)
+        from offshelf.index import build_store_index
+
+        build_store_index(work / "old", "hnsw")
+
+    def verify(work: Path, complete: bool) -> None:
+        from offshelf.store import read_upgrade_marker
+
+        assert_store_readable(work / "old")
+        assert_store_readable(work / "new")
+        marker = read_upgrade_marker(work / "old")
+        if marker is not None:  # switched: the new store is complete, searched through the old one's name
+            assert_one_row_per_image(work / "new", data.images)
+        if complete:
+            assert marker is not None, "the re-run did not switch"
+            assert index_ids(work / "new") == store_ids(work / "new")
+            assert_every_row_found(work / "old")
+
+    return KillCase("upgrade", prepare,
+                    lambda work: ["index", "upgrade", "--store", str(work / "old"), "--align", str(data.map_dir),
+                                  "--new-store", str(work / "new"), "--quiet", "--json"], verify)
+
+
+def compact_case(data: KillData) -> KillCase:
+    """`offshelf compact` of a store with re-embedded and removed items: old state or new, then the collection."""
+    def prepare(work: Path) -> None:
+        _fresh(work)
+        _copy_store(data.old_store, work / "store", with_index=True)
+        from offshelf.store import FeatureStore
+
+        FeatureStore.open(work / "store").remove(paths=[str(data.images[0])])
+
+    def verify(work: Path, complete: bool) -> None:
+        store = work / "store"
+        assert sorted(store_ids(store)) == sorted(store_ids(data.old_store) - store_ids_of(data.images[:1]))
+        assert_every_row_found(store)
+        if complete:
+            assert shard_rows(store) == len(data.images) - 1, "compact left more than one row per live item"
+
+    return KillCase("compact", prepare, lambda work: ["compact", "--store", str(work / "store"), "--json"], verify)
+
+
+def store_ids_of(images: list[Path]) -> set[int]:
+    from offshelf.store.feature_store import path_id
+
+    return {path_id(str(p)) for p in images}
+
+
+def kill_cases(data: KillData) -> dict[str, KillCase]:
+    """Every command the kill-point tests and `benchmarks/reliability.py` kill."""
+    cases = [embed_case(data), embed_case(data, indexed=True), index_build_case(data),
+             index_build_case(data, over="flat"), align_case(data), upgrade_case(data), compact_case(data)]
+    return {case.name: case for case in cases}
+
+
+def offshelf_check(store: Path, repair: bool = False) -> dict[str, Any]:
+    """`offshelf check --store STORE --json [--repair]`: its report; AssertionError unless it exits 0."""
+    result = run_offshelf(["check", "--store", str(store), "--json", *(["--repair"] if repair else [])])
+    assert result.returncode == 0, f"offshelf check {store}: exit {result.returncode}: {result.stderr[-2000:]}"
+    return json.loads(result.stdout)
