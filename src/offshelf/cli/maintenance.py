@@ -16,7 +16,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     root = resolve_store(args.store).root  # after an upgrade switch: the store that replaced it
     report = check_store(root, repair=args.repair)
-    report["index"] = check_store_index(root, repair=args.repair)
+    if report["problems"]:  # the index is compared with the store's rows once they can all be read
+        report["index"] = {"present": None, "problems": [], "repaired": [], "skipped": "the store is damaged"}
+    else:
+        report["index"] = check_store_index(root, repair=args.repair)
     problems = report["problems"] + report["index"]["problems"]
     report["healthy"] = not problems
     if args.json:
@@ -31,7 +34,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if report["quarantined"]:
         print(f"{len(report['quarantined'])} shards in quarantine; `offshelf embed` redoes their files")
     index = report["index"]
-    index_text = f"index {index.get('kind')} of {index.get('n')}" if index["present"] else "no index"
+    index_text = (f"index {index.get('kind')} of {index.get('n')}" if index["present"] else
+                  "index not checked (the store is damaged)" if "skipped" in index else "no index")
     state = "healthy" if not problems else f"{len(problems)} problems"
     print(f"{root}: {state}; {report['shards']} shards, {report.get('items', '?')} items, "
           f"{report.get('removed', '?')} removed, {report.get('errors', '?')} failed files, {index_text}")
