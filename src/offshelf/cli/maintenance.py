@@ -32,7 +32,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for entry in report["warnings"]:
         print(f"warning: {entry['file']}: {entry['what']}")
     if report["quarantined"]:
-        print(f"{len(report['quarantined'])} shards in quarantine; `offshelf embed` redoes their files")
+        print(f"{len(report['quarantined'])} shards set aside in {root}/quarantine; `offshelf embed` redoes their files")
     index = report["index"]
     index_text = (f"index {index.get('kind')} of {index.get('n')}" if index["present"] else
                   "index not checked (the store is damaged)" if "skipped" in index else "no index")

@@ -184,5 +184,6 @@ def check_store_index(store_dir: str | Path, *, repair: bool = False) -> dict[st
                                                                              "replaced", "deferred")}
         if outcome and "deferred" in outcome:
             raise BusyError(outcome["deferred"])
+        report["n"] = (outcome or {}).get("n", report.get("n"))
     report["healthy"] = not report["problems"]
     return report
