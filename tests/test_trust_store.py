@@ -3,11 +3,12 @@ for good, store errors are one line (exit 2), `offshelf check` and `offshelf com
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from offshelf.cli import main
 from offshelf.extract import embed
 from offshelf.index import build_store_index, check_store_index, load_store_index
 from offshelf.io import atomic_write_json
@@ -30,9 +32,12 @@ DIM = 16
 CONFIG = StoreConfig("efficientnet-lite0", "head", "gap", "none", DIM)
 
 
-def offshelf(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "offshelf.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
+def offshelf(*args: object) -> subprocess.CompletedProcess[str]:
+    """The real CLI, in this process (a subprocess costs seconds of imports per call); stdout, stderr captured."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def add_rows(store: FeatureStore, paths: list[str], seed: int) -> None:
