@@ -419,6 +419,7 @@ def test_store_index_build_update_and_identity(tmp_path: Path) -> None:
     gone = [path_id(f"/img/{i}.jpg") for i in range(1, 600)]
     first_shard.unlink()  # rows of the first shard (but /img/0.jpg, re-committed) leave the store
     assert update_store_index(store.root) == {"kind": "hnsw", "added": 300, "replaced": 1, "removed": 599,
+                                              "from_seq": 2, "to_seq": 4,  # the store commits it caught up with
                                               "n": 901, "tombstones": 600}
     assert update_store_index(store.root)["added"] == 0
     index = load_store_index(store.root)

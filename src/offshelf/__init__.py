@@ -21,7 +21,8 @@ from offshelf.models import (
     register_model,
 )
 from offshelf.search import Hit, Searcher, search
-from offshelf.store import FeatureStore, StoreConfig
+from offshelf.index import check_store_index
+from offshelf.store import FeatureStore, StoreConfig, check_store, compact
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -40,6 +41,9 @@ __all__ = [
     "StoreConfig",
     "StoreError",
     "__version__",
+    "check_store",
+    "check_store_index",
+    "compact",
     "decode_image",
     "embed",
     "find_images",

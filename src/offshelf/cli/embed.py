@@ -39,6 +39,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         max_pixels=args.max_pixels,
         progress=not args.quiet,
+        readd=args.readd,
     )
     if args.json:
         print_json(summary.to_dict())
@@ -46,6 +47,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     rate = summary.embedded / summary.seconds if summary.seconds else 0.0
     print(f"embedded {summary.embedded}, skipped {summary.skipped} (already stored), failed {summary.failed} "
           f"in {summary.seconds:.1f} s ({rate:.1f} images/s) -> {summary.store}")
+    if summary.removed:
+        print(f"  left out {summary.removed} files removed from the store (--readd adds them back)")
     for failure in summary.failures:
         print(f"  failed: {failure['path']}: {failure['reason']}")
     return EXIT_OK
@@ -58,15 +61,18 @@ def register(sub: Subparsers) -> None:
     p = add_command(sub, "embed", cmd_embed, "Embed images (folders, files, globs) into a feature store.")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--store", required=True, type=Path, help="feature store directory (created if absent)")
-    p.add_argument("--model", default="efficientnet-lite0", help="backbone name (see `offshelf models`)")
+    p.add_argument("--model", default=None,
+                   help="backbone name (see `offshelf models`; default: the store's, or efficientnet-lite0)")
     p.add_argument("--layer", default=None, help="layer of the backbone (default: the model's default)")
     p.add_argument("--pool", default=None, help="gap (default), gmp, gem, gem:P, rmac or rmac:L for conv-map layers")
-    p.add_argument("--augment", default="none", choices=sorted(VIEW_COUNTS), help="views averaged per image")
+    p.add_argument("--augment", default=None, choices=sorted(VIEW_COUNTS),
+                   help="views averaged per image (default: the store's, or none)")
     p.add_argument("--batch-size", type=positive_int, default=32,
                    help="model inputs per call (with --augment, images x views)")
     p.add_argument("--workers", type=positive_int, default=None, help="decoding threads (default: cores)")
     p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads (default: cores)")
     p.add_argument("--shard-size", type=positive_int, default=1024, help="images per committed shard")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb limit")
+    p.add_argument("--readd", action="store_true", help="embed files removed from the store again (re-add them)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")

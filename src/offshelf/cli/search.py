@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from offshelf.cli.common import EXIT_OK, Subparsers, add_command, positive_int, print_json
@@ -14,9 +15,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
         hits = aligned_search(args.query, args.store, args.align, k=args.k)
     else:
-        from offshelf.search import search
+        from offshelf.search import Searcher
 
-        hits = search(args.query, args.store, k=args.k)
+        searcher = Searcher(args.store)
+        if searcher.caught_up:
+            print(f"offshelf: note: the index lagged behind the store (commit {searcher.caught_up['from_seq']} "
+                  f"-> {searcher.caught_up['to_seq']}); caught up before searching", file=sys.stderr)
+        hits = searcher.search_files([args.query], k=args.k)[0]
     if args.json:
         print_json([hit.to_dict() for hit in hits])
         return EXIT_OK

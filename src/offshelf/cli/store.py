@@ -10,11 +10,12 @@ from offshelf.errors import OffshelfError
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from offshelf.store import FeatureStore
+    from offshelf.store import resolve_store
 
-    store = FeatureStore.open(args.store)
+    store = resolve_store(args.store)  # after an upgrade switch: the store that replaced it
     errors = store.errors().select(["path", "reason"]).to_pylist()
-    info = {"store": str(store.root), **store.config.identity(), "items": len(store), "errors": errors}
+    info = {"store": str(store.root), **store.config.identity(), "items": len(store), "errors": errors,
+            "removed": store.removed().num_rows}
     if args.json:
         print_json(info)
         return EXIT_OK
@@ -27,11 +28,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     from offshelf.index import update_store_index
-    from offshelf.store import FeatureStore
+    from offshelf.store import resolve_store
 
     if not args.paths and not args.ids:
         raise OffshelfError("name the items to remove: image paths and/or --id N")
-    store = FeatureStore.open(args.store)
+    store = resolve_store(args.store)  # after an upgrade switch: the store that replaced it
     removed = store.remove(paths=[str(Path(p).resolve()) for p in args.paths], ids=args.ids)
     index = update_store_index(store.root)
     if args.json:
@@ -42,7 +43,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def register(sub: Subparsers) -> None:
-    p = add_command(sub, "remove", cmd_remove, "Remove items from a store (and its index) so they are never found again.")
+    p = add_command(sub, "remove", cmd_remove, "Remove items from a store (and its index) for good: never found "
+                    "again, and left out by later `embed` runs unless re-added with `embed --readd`.")
     p.add_argument("--store", required=True, type=Path)
     p.add_argument("paths", nargs="*", metavar="PATH", help="stored image paths")
     p.add_argument("--id", dest="ids", type=int, action="append", default=[], help="a stored item id (repeatable)")

@@ -23,7 +23,7 @@ from offshelf.extract.writer import Committer
 from offshelf.images import DEFAULT_MAX_PIXELS, VIEW_COUNTS, find_images
 from offshelf.models import DEFAULT_MODEL, ModelSpec, get_model_spec
 from offshelf.models.runtime import available_cores
-from offshelf.store import FeatureStore, FileState, StoreWriter
+from offshelf.store import MANIFEST, UPGRADE_MARKER, FeatureStore, FileState, StoreWriter, resolve_store
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_SHARD_SIZE = 1024
@@ -33,21 +33,26 @@ def embed(
     paths: Sequence[str | Path],
     store: str | Path,
     *,
-    model: str | ModelSpec = DEFAULT_MODEL,
+    model: str | ModelSpec | None = None,
     layer: str | None = None,
     pool: str | None = None,
-    augment: str = "none",
+    augment: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     threads: int | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
+    readd: bool = False,
 ) -> EmbedSummary:
     """Embed every image under `paths` (folders, files, globs) into the store at `store`.
 
     Files already in the store with the same bytes are skipped; changed files are re-embedded (the new
-    row replaces the old); files that cannot be decoded are recorded in the store's errors table.
+    row replaces the old); files that cannot be decoded are recorded in the store's errors table. Files
+    removed from the store (`offshelf remove`) stay out, counted as `removed`, unless `readd`.
+    An existing store (after an upgrade switch: the store that replaced it) keeps its features: `model`,
+    `layer`, `pool` and `augment` left as None take its values, and given ones must agree with them; a new
+    store takes the defaults.
     `workers` decoding threads (default: the number of cores) overlap with inference; `threads` sets
     ONNX Runtime's intra-op threads (default: the number of cores). `batch_size` counts model inputs: with
     `augment` each image is several views, so a batch holds `batch_size // views` images (at least one), which
@@ -57,15 +62,18 @@ def embed(
         raise OffshelfError("batch size and shard size must be at least 1")
     started = time.perf_counter()
     files = [str(p) for p in find_images(paths)]
-    spec = get_model_spec(model) if isinstance(model, str) else model
-    feature_store = FeatureStore.open_or_create(store, make_config(spec, layer, pool, augment))
+    feature_store = _open_store(Path(store), model, layer, pool, augment or None)
+    augment = feature_store.config.augment
     summary = EmbedSummary(store=str(feature_store.root))
     with feature_store.writer() as writer:
         known = feature_store.known_files()
+        removed = set() if readd else set(feature_store.removed().column("path").to_pylist())
         todo: list[tuple[str, FileState | None]] = []
         for path in files:
             previous = known.get(path)
-            if previous is not None and _same_stat(path, previous):
+            if path in removed:
+                summary.removed += 1
+            elif previous is not None and _same_stat(path, previous):
                 summary.skipped += 1
             else:
                 todo.append((path, previous))
@@ -73,12 +81,29 @@ def embed(
             embedder = Embedder(feature_store.config, threads=threads)
             images_per_batch = max(1, batch_size // VIEW_COUNTS[augment])
             _run(todo, embedder, writer, summary, images_per_batch, workers, shard_size, max_pixels, progress)
-    if summary.embedded:
-        from offshelf.index import update_store_index  # FAISS only when a store has an index
+    from offshelf.index import update_store_index  # FAISS only when a store has an index
 
-        summary.index = update_store_index(feature_store.root)
+    # also when nothing was embedded: a killed run may have committed shards the index does not cover yet
+    summary.index = update_store_index(feature_store.root)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _open_store(root: Path, model: str | ModelSpec | None, layer: str | None, pool: str | None,
+                augment: str | None) -> FeatureStore:
+    """The store to embed into (resolved through upgrade markers), created with the defaults if absent."""
+    if (root / MANIFEST).is_file() or (root / UPGRADE_MARKER).is_file():
+        existing = resolve_store(root)
+        if model is layer is pool is augment is None:
+            return existing
+        config, root = existing.config, existing.root
+        augment = augment or config.augment
+        if model is None or model == config.model:  # the store's model: its layer and pooling unless given
+            if layer is None:
+                layer, pool = config.layer, config.pool if pool is None else pool
+            model = config.model
+    spec = get_model_spec(model or DEFAULT_MODEL) if not isinstance(model, ModelSpec) else model
+    return FeatureStore.open_or_create(root, make_config(spec, layer, pool, augment or "none"))
 
 
 def _same_stat(path: str, known: FileState) -> bool:

@@ -19,12 +19,18 @@ from offshelf.index.base import VectorIndex, build_index
 from offshelf.index.itq import ITQ
 from offshelf.index.kinds import BinaryIndex, FlatIndex, HNSWIndex, IVFPQIndex
 from offshelf.index.recall import RecallProbe, measure_recall, tune
-from offshelf.index.store_index import INDEX_DIR, build_store_index, load_store_index, update_store_index
+from offshelf.index.store_index import (
+    INDEX_DIR,
+    build_store_index,
+    check_store_index,
+    load_store_index,
+    update_store_index,
+)
 
 KINDS = ("flat", "hnsw", "ivfpq", "binary")
 
 __all__ = [
     "KINDS", "INDEX_DIR", "VectorIndex", "FlatIndex", "HNSWIndex", "IVFPQIndex", "BinaryIndex", "ITQ",
     "build_index", "measure_recall", "tune", "RecallProbe",
-    "build_store_index", "load_store_index", "update_store_index",
+    "build_store_index", "check_store_index", "load_store_index", "update_store_index",
 ]

@@ -143,6 +143,7 @@ class VectorIndex:
         self._bitmap: np.ndarray | None = None
         self._selector: faiss.IDSelectorBitmap | None = None
         self._lock = RWLock()
+        self.store_seq: int | None = None  # the last store commit the index covers (see store_index)
 
     # -- kind-specific hooks ---------------------------------------------------------------------
     def _resolve(self, params: dict[str, Any], n: int) -> dict[str, Any]:
@@ -389,6 +390,7 @@ class VectorIndex:
                 "format": FORMAT, "offshelf_version": __version__, "kind": self.kind, "dim": self.dim,
                 "index_dim": self.d, "pca": self.pca, "whiten": self.whiten, "params": dict(self._params),
                 "identity": self.identity, "pipeline": steps, "ntotal": int(np.count_nonzero(self._alive)),
+                "store_seq": self.store_seq,
             }
             return manifest, {"faiss": self._serialize(self._faiss).tobytes(), "arrays": arrays_to_bytes(arrays)}
 
@@ -432,6 +434,10 @@ class VectorIndex:
         index._floats = arrays.get("floats")
         index._load_state(arrays)
         index._refresh_selector()
+        seq = manifest.get("store_seq")
+        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
+            raise OffshelfError(f"index manifest {source / MANIFEST}: store_seq must be an integer, got {seq!r}")
+        index.store_seq = seq
         return index
 
 

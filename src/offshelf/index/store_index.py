@@ -1,4 +1,10 @@
-"""The index of a feature store, kept under `STORE/index/`: build (measured, optionally tuned), load, update."""
+"""The index of a feature store, kept under `STORE/index/`: build (measured, optionally tuned), load, update.
+
+The index records the last store commit it covers (`store_seq`). It is built from a consistent snapshot of the
+store and, before it is saved, catches up with what was committed meanwhile; `update_store_index` (run by
+`embed`, `remove` and a `Searcher` that finds it behind) brings a lagging index up to date, so the store and its
+index agree whenever an answer is given.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from offshelf.errors import OffshelfError
-from offshelf.index.base import MANIFEST, VectorIndex, build_index, digests, directory_lock
+from offshelf.errors import BusyError, OffshelfError
+from offshelf.index.base import MANIFEST, VectorIndex, build_index, digests, directory_lock, read_manifest
 from offshelf.index.recall import measure_recall, tune
-from offshelf.store import FeatureStore
+from offshelf.store import FeatureStore, resolve_store
 
 INDEX_DIR = "index"
+_LOCK_TRIES = 300
 
 
 def store_index_dir(store_dir: str | Path) -> Path:
@@ -29,8 +36,9 @@ def build_store_index(store_dir: str | Path, kind: str, pca: int | None = None, 
     setting on one sample (seed `seed`) and the reported recall is then measured on another (seed `seed + 1`).
     Returns a JSON-ready report: kind, n, recall_at_1, recall_at_10, qps, bytes_per_vector, params, ...
     """
-    store = FeatureStore.open(store_dir)
-    ids, _, vectors = store.vectors()
+    store = resolve_store(store_dir)
+    store_dir = store.root
+    snapshot, (ids, _, vectors) = store.snapshot_vectors()
     if not len(ids):
         raise OffshelfError(f"store {store_dir} holds no vectors; embed images first")
     start = time.perf_counter()
@@ -44,7 +52,18 @@ def build_store_index(store_dir: str | Path, kind: str, pca: int | None = None, 
     if index.pca is not None or index.whiten:
         in_index_space = measure_recall(index, vectors, ids, sample=sample, seed=seed + 1, space="index")
         measured["recall_at_10_index_space"] = in_index_space["recall_at_10"]
-    path = index.save(store_index_dir(store_dir))
+    index.store_seq = snapshot.seq
+    path = store_index_dir(store_dir)
+    for attempt in range(_LOCK_TRIES):  # an embed or remove may be updating the old index for a moment
+        try:
+            with directory_lock(path):
+                report["caught_up"] = sync_with_store(index, store)  # what was committed during the build
+                index._write(path)
+            break
+        except BusyError:
+            if attempt == _LOCK_TRIES - 1:
+                raise
+            time.sleep(0.1)
     return {"kind": index.kind, "n": index.ntotal, "dim": index.dim, "index_dim": index.d, **measured,
             "bytes_per_vector": index.bytes_per_vector, "params": index.params, "identity": index.identity,
             "path": str(path), **report}
@@ -61,27 +80,110 @@ def load_store_index(store_dir: str | Path) -> VectorIndex | None:
     return index
 
 
-def update_store_index(store_dir: str | Path) -> dict[str, Any] | None:
+def sync_index(index: VectorIndex, ids: np.ndarray, vectors: np.ndarray) -> dict[str, int]:
+    """Make the index hold exactly `ids` with `vectors`: add the missing, replace the changed, remove the rest."""
+    indexed = index._live_digests()
+    stale = np.array([indexed.get(i) != d for i, d in zip(ids.tolist(), digests(vectors).tolist())], bool)
+    replaced = sum(1 for i in ids[stale].tolist() if i in indexed)
+    removed = index.remove(np.setdiff1d(index.ids(), ids))
+    if stale.any():
+        index.add(vectors[stale], ids[stale])
+    return {"added": int(stale.sum()) - replaced, "replaced": replaced, "removed": removed}
+
+
+def sync_with_store(index: VectorIndex, store: FeatureStore, force: bool = False) -> dict[str, int] | None:
+    """Catch `index` up with the store's commits after `index.store_seq`; None if it was current (with `force`,
+    compare every id and vector anyway)."""
+    if not force and index.store_seq == store.snapshot().seq:
+        return None
+    snapshot, (ids, _, vectors) = store.snapshot_vectors()
+    counts = sync_index(index, ids, vectors)
+    counts["from_seq"], counts["to_seq"] = index.store_seq or 0, snapshot.seq
+    index.store_seq = snapshot.seq
+    return counts
+
+
+def index_is_current(store: FeatureStore) -> bool | None:
+    """Whether the saved index covers every commit of the store (None if the store has no index)."""
+    directory = store_index_dir(store.root)
+    if not (directory / MANIFEST).is_file():
+        return None
+    return read_manifest(directory).get("store_seq") == store.snapshot().seq
+
+
+def update_store_index(store_dir: str | Path, *, force: bool = False) -> dict[str, Any] | None:
     """Bring the saved index in line with the store without a rebuild; None if the store has no index.
 
     Store rows missing from the index are added, rows whose vector changed (a re-embedded file) replaced, and
-    ids gone from the store removed (tombstones: `build_store_index` again to reclaim their memory).
+    ids gone from the store removed (tombstones: `build_store_index` again to reclaim their memory). If another
+    process holds the index (a build or an update), nothing is done and `deferred` says so: that process, or
+    the next search, catches the index up, since it records which commits it covers.
     """
-    directory = store_index_dir(store_dir)
-    if not (directory / MANIFEST).is_file():
-        return None
     store = FeatureStore.open(store_dir)
-    with directory_lock(directory):
-        index = VectorIndex.load(directory)
-        index.check_identity(store.config.identity(), f"store {store_dir}")
-        ids, _, vectors = store.vectors()
-        indexed = index._live_digests()
-        stale = np.array([indexed.get(i) != d for i, d in zip(ids.tolist(), digests(vectors).tolist())], bool)
-        replaced = sum(1 for i in ids[stale].tolist() if i in indexed)
-        removed = index.remove(np.setdiff1d(index.ids(), ids))
-        if stale.any():
-            index.add(vectors[stale], ids[stale])
-        if removed or stale.any():
+    current = index_is_current(store)
+    if current is None:
+        return None
+    directory = store_index_dir(store_dir)
+    if current and not force:
+        return {"kind": read_manifest(directory)["kind"], "added": 0, "replaced": 0, "removed": 0, "current": True}
+    try:
+        with directory_lock(directory):
+            index = VectorIndex.load(directory)
+            index.check_identity(store.config.identity(), f"store {store_dir}")
+            counts = sync_with_store(index, store, force) or {"added": 0, "replaced": 0, "removed": 0}
             index._write(directory)
-    return {"kind": index.kind, "added": int(stale.sum()) - replaced, "replaced": replaced, "removed": removed,
-            "n": index.ntotal, "tombstones": index.ntombstones}
+    except BusyError as exc:
+        return {"deferred": str(exc)}
+    return {"kind": index.kind, **counts, "n": index.ntotal, "tombstones": index.ntombstones}
+
+
+def _rebuild(store: FeatureStore) -> dict[str, Any]:
+    """Build the index again, of the kind and parameters its manifest names (flat if it names none)."""
+    try:
+        manifest = read_manifest(store_index_dir(store.root))
+        settings = {"kind": manifest["kind"], "pca": manifest.get("pca"), "whiten": bool(manifest.get("whiten")),
+                    **dict(manifest.get("params") or {})}
+    except (OffshelfError, TypeError, ValueError):
+        settings = {"kind": "flat"}
+    return build_store_index(store.root, **settings)
+
+
+def check_store_index(store_dir: str | Path, *, repair: bool = False) -> dict[str, Any]:
+    """Whether the store's index agrees with the store: readable, the same features, every commit covered, the
+    same ids with the same vectors. `repair` rebuilds an unreadable index and catches up a lagging one."""
+    store = FeatureStore.open(store_dir)
+    directory = store_index_dir(store.root)
+    report: dict[str, Any] = {"present": (directory / MANIFEST).is_file(), "problems": [], "repaired": []}
+    if not report["present"]:
+        return report
+    problems = report["problems"]
+    try:
+        index = load_store_index(store.root)
+    except Exception as exc:  # noqa: BLE001 - a damaged index fails in JSON, numpy or FAISS; all mean "rebuild"
+        problems.append({"file": str(directory), "what": f"unreadable: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+                         "repair": "rebuild"})
+        index = None
+    if index is not None:
+        snapshot, (ids, _, vectors) = store.snapshot_vectors()
+        if index.store_seq != snapshot.seq:
+            problems.append({"file": str(directory / MANIFEST), "repair": "catch up", "what":
+                             f"covers store commits up to {index.store_seq}, the store is at {snapshot.seq}"})
+        indexed = index._live_digests()
+        current = dict(zip(ids.tolist(), digests(vectors).tolist()))
+        missing, extra = len(current.keys() - indexed.keys()), len(indexed.keys() - current.keys())
+        stale = sum(1 for i, d in current.items() if i in indexed and indexed[i] != d)
+        if missing or extra or stale:
+            problems.append({"file": str(directory), "repair": "catch up", "what":
+                             f"holds {len(indexed)} items, the store {len(current)}: {missing} missing, {extra} not "
+                             f"in the store, {stale} with an outdated vector"})
+        report |= {"kind": index.kind, "n": index.ntotal, "store_seq": index.store_seq}
+    if repair and problems:
+        outcome = _rebuild(store) if index is None else update_store_index(store.root, force=True)
+        report["repaired"], report["problems"] = problems, []
+        report["repair"] = {k: v for k, v in (outcome or {}).items() if k in ("kind", "n", "added", "removed",
+                                                                             "replaced", "deferred")}
+        if outcome and "deferred" in outcome:
+            raise BusyError(outcome["deferred"])
+        report["n"] = (outcome or {}).get("n", report.get("n"))
+    report["healthy"] = not report["problems"]
+    return report

@@ -37,13 +37,20 @@ class Searcher:
 
     def __init__(self, store: FeatureStore | str | Path, *, exact: bool = False, threads: int | None = None) -> None:
         from offshelf.index import build_index, load_store_index  # sklearn/FAISS only when searching
+        from offshelf.index.store_index import sync_index, update_store_index
         from offshelf.store import resolve_store
 
         # an upgraded store (marker STORE/upgrade.json, see offshelf.upgrade) is searched in its new store
         self.store = resolve_store(store)
-        ids, paths, vectors = self.store.vectors()
+        snapshot, (ids, paths, vectors) = self.store.snapshot_vectors()
         self._path_of = dict(zip(ids.tolist(), paths))
         saved = None if exact else load_store_index(self.store.root)
+        #: how a saved index that lagged behind the store was caught up before answering (None: it was current)
+        self.caught_up: dict[str, object] | None = None
+        if saved is not None and saved.store_seq != snapshot.seq:
+            self.caught_up = {"from_seq": saved.store_seq or 0, "to_seq": snapshot.seq,
+                              **sync_index(saved, ids, vectors), "saved": update_store_index(self.store.root)}
+            saved.store_seq = snapshot.seq
         self.index = saved or build_index(vectors, ids, "flat", identity=self.store.config.identity())
         self._threads = threads
         self._embedder: Embedder | None = None

@@ -1,5 +1,7 @@
 """The feature store: Parquet shards plus a manifest, the identity check, and the upgrade marker."""
 
+from offshelf.store.check import check_store
+from offshelf.store.compact import compact
 from offshelf.store.feature_store import (
     ERRORS_DIR,
     MANIFEST,
@@ -27,6 +29,8 @@ __all__ = [
     "StoreConfig",
     "StoreWriter",
     "check_identity",
+    "check_store",
+    "compact",
     "describe_identity",
     "path_id",
     "read_upgrade_marker",

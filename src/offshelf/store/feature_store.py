@@ -3,43 +3,55 @@
 Layout of a store directory::
 
     manifest.json          what the features are (model, layer, pooling, views, dim, offshelf version)
-    shards/00000001.parquet  rows: id, path, sha256, size, mtime_ns, embedding (float32[dim])
-    errors/00000001.parquet  rows: id, path, sha256, size, mtime_ns, reason (files that failed)
-    removed/00000003.parquet rows: id, path (items removed from the collection)
+    shards/00000001-CHECKSUM.parquet  rows: id, path, sha256, size, mtime_ns, embedding (float32[dim])
+    errors/00000002-CHECKSUM.parquet  rows: id, path, sha256, size, mtime_ns, reason (files that failed)
+    removed/00000003-CHECKSUM.parquet rows: id, path (items removed from the collection, for good)
+    quarantine/            shards `offshelf check --repair` set aside as damaged
     .lock                  held by the one writer
 
-Every shard is written atomically (see `offshelf.io`), so the shard files present are the committed state: a
-run killed part-way loses only the shard it was writing, and the next run redoes exactly those files.
-Shards are numbered in commit order; when a path appears again (its file changed), the newest row wins,
-so reading always gives one row per path. An error row counts only while it is newer than the last
-successful embedding of that path; a removal hides the item until it is embedded again.
+Every shard is written atomically (see `offshelf.io`) with the sha256 of its bytes in its name (see
+`offshelf.store.shards`), so the shard files present are the committed state: a run killed part-way loses only
+the shard it was writing, and the next run redoes exactly those files. Shards are numbered in commit order;
+when a path appears again (its file changed), the newest row wins, so reading always gives one row per path.
+An error row counts only while it is not older than the last successful embedding of that path; a removal
+hides the item for good: `embed` skips removed files unless asked to re-add them. `compact` rewrites the live
+state as one row per item (see `offshelf.store.compact`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from offshelf._version import __version__
 from offshelf.errors import StoreError
-from offshelf.io import atomic_write, atomic_write_json, exclusive_lock, remove_stale_tmp_files
+from offshelf.io import atomic_write_json, exclusive_lock, remove_stale_tmp_files
 from offshelf.store.identity import IDENTITY_FIELDS, StoreConfig, check_identity
+from offshelf.store.journal import finish_compaction, journal_seq
+from offshelf.store.shards import (
+    ERRORS_DIR,
+    EVENT_DIRS,
+    REMOVED_DIR,
+    SHARDS_DIR,
+    list_shards,
+    read_shard,
+    shard_seq,
+    write_shard,
+)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-SHARDS_DIR = "shards"
-ERRORS_DIR = "errors"
-REMOVED_DIR = "removed"
-EVENT_DIRS = (SHARDS_DIR, ERRORS_DIR, REMOVED_DIR)
+QUARANTINE_DIR = "quarantine"
+_SNAPSHOT_TRIES = 20
+T = TypeVar("T")
 
 
 def path_id(path: str) -> int:
@@ -56,7 +68,7 @@ class FileState:
     mtime_ns: int
 
 
-def _embedding_schema(dim: int) -> pa.Schema:
+def embedding_schema(dim: int) -> pa.Schema:
     return pa.schema(
         [
             ("id", pa.int64()),
@@ -104,7 +116,7 @@ class ShardRows:
         return len(self.records) + len(self.errors)
 
     def embedding_table(self) -> pa.Table:
-        schema = _embedding_schema(self.dim)
+        schema = embedding_schema(self.dim)
         columns = {name: [r[name] for r in self.records] for name in schema.names if name != "embedding"}
         flat = np.concatenate(self.vectors) if self.vectors else np.empty(0, np.float32)
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), self.dim)
@@ -122,15 +134,47 @@ def _latest_by_id(table: pa.Table) -> pa.Table:
     return table.take(pa.array(keep))
 
 
-def _newer_than(table: pa.Table, other: pa.Table) -> pa.Table:
-    """The rows of `table` whose id has no row in `other` with a later `seq`."""
+def _newer_than(table: pa.Table, other: pa.Table, *, ties: bool = False) -> pa.Table:
+    """The rows of `table` whose id has no row in `other` with a later `seq` (with `ties`: nor the same)."""
     last = dict(zip(other.column("id").to_pylist(), other.column("seq").to_pylist()))
-    keep = [last.get(i, -1) < seq for i, seq in zip(table.column("id").to_pylist(), table.column("seq").to_pylist())]
+    keep = [last.get(i, -1) < seq or (ties and last.get(i) == seq)
+            for i, seq in zip(table.column("id").to_pylist(), table.column("seq").to_pylist())]
     return table.filter(pa.array(keep, pa.bool_()))
 
 
-def _write_parquet(path: Path, table: pa.Table) -> None:
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+@dataclass(frozen=True)
+class Snapshot:
+    """The shard files of a store at one moment: reading them gives the state after commit `seq`."""
+
+    files: dict[str, tuple[Path, ...]]
+
+    @property
+    def seq(self) -> int:
+        """The last commit this state includes (0 for an empty store)."""
+        return max((shard_seq(p) for paths in self.files.values() for p in paths), default=0)
+
+
+def _check_manifest(data: Any, manifest: Path) -> StoreConfig:
+    """The config a manifest describes; StoreError naming the file and the field if it is malformed."""
+    if not isinstance(data, dict):
+        raise StoreError(f"unreadable manifest {manifest}: not a JSON object")
+    missing = [k for k in (*IDENTITY_FIELDS, "model_spec") if k not in data]
+    if missing:
+        raise StoreError(f"unreadable manifest {manifest}: missing {', '.join(missing)}")
+    for name in IDENTITY_FIELDS[:-1]:
+        if not isinstance(data[name], str) or not data[name]:
+            raise StoreError(f"unreadable manifest {manifest}: {name} must be a non-empty string, got {data[name]!r}")
+    dim = data["dim"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= 1 << 20:
+        raise StoreError(f"unreadable manifest {manifest}: dim must be a positive integer, got {dim!r}")
+    if not isinstance(data["model_spec"], dict):
+        raise StoreError(f"unreadable manifest {manifest}: model_spec must be an object")
+    return StoreConfig(**{k: data[k] for k in (*IDENTITY_FIELDS, "model_spec")})
+
+
+def _check_directory(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"--store {root} is a file, not a feature store directory")
 
 
 class FeatureStore:
@@ -144,19 +188,20 @@ class FeatureStore:
     @classmethod
     def open(cls, root: str | Path) -> FeatureStore:
         """Open an existing store; StoreError if there is none at `root`."""
+        _check_directory(Path(root))
         manifest = Path(root) / MANIFEST
         if not manifest.is_file():
             raise StoreError(f"no feature store at {root} (missing {MANIFEST}); create one with `offshelf embed`")
         try:
             data = json.loads(manifest.read_text())
-            config = StoreConfig(**{k: data[k] for k in (*IDENTITY_FIELDS, "model_spec")})
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, UnicodeDecodeError) as exc:
             raise StoreError(f"unreadable manifest {manifest}: {exc}") from None
-        return cls(root, config)
+        return cls(root, _check_manifest(data, manifest))
 
     @classmethod
     def open_or_create(cls, root: str | Path, config: StoreConfig) -> FeatureStore:
         """Open the store at `root`, creating it for `config`; refuse if it holds other features."""
+        _check_directory(Path(root))
         if (Path(root) / MANIFEST).is_file():
             store = cls.open(root)
             check_identity(config.identity(), store.config.identity(),
@@ -175,6 +220,7 @@ class FeatureStore:
     def writer(self) -> Iterator[StoreWriter]:
         """Exclusive write access: one writer per store at a time (others fail with StoreError)."""
         with exclusive_lock(self.root / ".lock", f"feature store {self.root}"):
+            finish_compaction(self.root)
             for sub in EVENT_DIRS:
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
                 remove_stale_tmp_files(self.root / sub)
@@ -184,35 +230,69 @@ class FeatureStore:
         return ShardRows(self.config.dim)
 
     # -- reading ---------------------------------------------------------------------------------
-    def _shard_files(self, sub: str) -> list[Path]:
-        return sorted((self.root / sub).glob("[0-9]*.parquet"))
+    def snapshot(self) -> Snapshot:
+        """The committed shard files now: two listings in a row that agree (so no commit fell between them)."""
+        listing = None
+        for _ in range(_SNAPSHOT_TRIES):
+            again = {sub: tuple(list_shards(self.root / sub)) for sub in EVENT_DIRS}
+            if again == listing:
+                return Snapshot(again)
+            listing = again
+        raise StoreError(f"store {self.root} keeps changing while being read; try again")
 
-    def _read_all(self, sub: str, schema: pa.Schema) -> pa.Table:
+    def read(self, read: Callable[[Snapshot], T]) -> tuple[Snapshot, T]:
+        """`read(snapshot)` on a consistent snapshot, retried on a fresh one if a compaction swapped files."""
+        for _ in range(_SNAPSHOT_TRIES):
+            snapshot = self.snapshot()
+            try:
+                return snapshot, read(snapshot)
+            except FileNotFoundError:
+                continue
+        raise StoreError(f"store {self.root} keeps changing while being read; try again")
+
+    def _read_all(self, snapshot: Snapshot, sub: str, schema: pa.Schema) -> pa.Table:
         tables = []
-        for path in self._shard_files(sub):
-            table = pq.read_table(path, schema=schema)
-            seq = np.full(table.num_rows, int(path.stem), dtype=np.int64)
+        for path in snapshot.files[sub]:
+            table = read_shard(path, schema, self.root)
+            seq = np.full(table.num_rows, shard_seq(path), dtype=np.int64)
             tables.append(table.append_column("seq", pa.array(seq)))
         if not tables:
             return schema.empty_table().append_column("seq", pa.array([], pa.int64()))
         return pa.concat_tables(tables)
 
-    def table(self) -> pa.Table:
+    def _live(self, snapshot: Snapshot) -> pa.Table:
+        latest = _latest_by_id(self._read_all(snapshot, SHARDS_DIR, embedding_schema(self.config.dim)))
+        return _newer_than(latest, _latest_by_id(self._read_all(snapshot, REMOVED_DIR, REMOVED_SCHEMA)))
+
+    def table(self, snapshot: Snapshot | None = None) -> pa.Table:
         """One row per stored item (the newest), in commit order, with a `seq` (shard) column."""
-        latest = _latest_by_id(self._read_all(SHARDS_DIR, _embedding_schema(self.config.dim)))
-        return _newer_than(latest, _latest_by_id(self._read_all(REMOVED_DIR, REMOVED_SCHEMA)))
+        return self._live(snapshot) if snapshot else self.read(self._live)[1]
 
     def errors(self) -> pa.Table:
         """Files whose latest attempt failed, with the reason."""
-        failed = _latest_by_id(self._read_all(ERRORS_DIR, ERROR_SCHEMA))
-        return _newer_than(failed, self.table())
+        def read(snapshot: Snapshot) -> pa.Table:
+            failed = _latest_by_id(self._read_all(snapshot, ERRORS_DIR, ERROR_SCHEMA))
+            return _newer_than(failed, self._live(snapshot), ties=True)
+        return self.read(read)[1]
 
-    def vectors(self) -> tuple[np.ndarray, list[str], np.ndarray]:
+    def removed(self) -> pa.Table:
+        """Items removed from the collection (and not re-added since): `id`, `path`, `seq`."""
+        def read(snapshot: Snapshot) -> pa.Table:
+            removed = _latest_by_id(self._read_all(snapshot, REMOVED_DIR, REMOVED_SCHEMA))
+            embedded = _latest_by_id(self._read_all(snapshot, SHARDS_DIR, embedding_schema(self.config.dim)))
+            return _newer_than(removed, embedded, ties=True)
+        return self.read(read)[1]
+
+    def vectors(self, snapshot: Snapshot | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
         """`(ids int64 (n,), paths, embeddings float32 (n, dim))` of every stored item."""
-        table = self.table()
+        table = self.table(snapshot)
         flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         matrix = np.ascontiguousarray(flat, dtype=np.float32).reshape(table.num_rows, self.config.dim)
         return table.column("id").to_numpy(), table.column("path").to_pylist(), matrix
+
+    def snapshot_vectors(self) -> tuple[Snapshot, tuple[np.ndarray, list[str], np.ndarray]]:
+        """`vectors()` and the snapshot they were read from (its `seq` is the last commit they include)."""
+        return self.read(self.vectors)
 
     def known_files(self) -> dict[str, FileState]:
         """path -> what was embedded for it, to skip unchanged files on a re-run."""
@@ -220,17 +300,24 @@ class FeatureStore:
         return {r["path"]: FileState(r["sha256"], r["size"], r["mtime_ns"]) for r in table}
 
     def remove(self, paths: Sequence[str] = (), ids: Sequence[int] = ()) -> list[str]:
-        """Remove items by path and/or id; returns the removed paths. StoreError names any unknown item."""
-        table = self.table().select(["id", "path"])
+        """Remove items by path and/or id for good (`embed` will not add them back unless asked to re-add);
+        returns the removed paths. StoreError names any unknown item, and then nothing is removed."""
         wanted_ids = {int(i) for i in ids} | {path_id(str(p)) for p in paths}
-        known = set(table.column("id").to_pylist())
-        unknown = sorted(wanted_ids - known)
-        if unknown:
-            raise StoreError(f"{len(unknown)} of the items to remove are not in store {self.root} (e.g. id {unknown[0]})")
-        chosen = table.filter(pa.array([i in wanted_ids for i in table.column("id").to_pylist()], pa.bool_()))
         with self.writer() as writer:
+            table = self.table().select(["id", "path"])
+            unknown = sorted(wanted_ids - set(table.column("id").to_pylist()))
+            if unknown:
+                raise StoreError(f"{len(unknown)} of the items to remove are not in store {self.root} "
+                                 f"(e.g. id {unknown[0]})")
+            chosen = table.filter(pa.array([i in wanted_ids for i in table.column("id").to_pylist()], pa.bool_()))
             writer.remove(chosen)
         return chosen.column("path").to_pylist()
+
+    def high_water_mark(self) -> int:
+        """The highest commit number ever used here, quarantined shards and an unfinished compaction included:
+        new commits are numbered after it, so an index's record of the commits it covers stays true."""
+        quarantined = [int(p.name.split("-")[1]) for p in (self.root / QUARANTINE_DIR).glob("*-[0-9]*")]
+        return max(self.snapshot().seq, journal_seq(self.root), *quarantined, 0)
 
     def __len__(self) -> int:
         return self.table().num_rows
@@ -241,23 +328,21 @@ class StoreWriter:
 
     def __init__(self, store: FeatureStore) -> None:
         self.store = store
-        existing = [int(p.stem) for sub in EVENT_DIRS for p in store._shard_files(sub)]
-        self._next_seq = max(existing, default=0) + 1
+        self._next_seq = store.high_water_mark() + 1
 
     def commit(self, rows: ShardRows) -> None:
         """Publish one shard of embeddings (and its errors) atomically."""
         if not len(rows):
             return
-        name = f"{self._next_seq:08d}.parquet"
         if rows.records:
-            _write_parquet(self.store.root / SHARDS_DIR / name, rows.embedding_table())
+            write_shard(self.store.root / SHARDS_DIR, self._next_seq, rows.embedding_table())
         if rows.errors:
-            _write_parquet(self.store.root / ERRORS_DIR / name, rows.error_table())
+            write_shard(self.store.root / ERRORS_DIR, self._next_seq, rows.error_table())
         self._next_seq += 1
 
     def remove(self, items: pa.Table) -> None:
         """Remove stored items (a table with `id` and `path` columns) from the collection."""
         if items.num_rows:
             table = pa.table({"id": items.column("id"), "path": items.column("path")}, schema=REMOVED_SCHEMA)
-            _write_parquet(self.store.root / REMOVED_DIR / f"{self._next_seq:08d}.parquet", table)
+            write_shard(self.store.root / REMOVED_DIR, self._next_seq, table)
             self._next_seq += 1
