@@ -65,8 +65,6 @@ def test_decoder_accepts_soundly_or_rejects_random_bytes(data: bytes, magic: byt
 @BOUNDED
 @given(which=st.integers(0, 1000), changes=mutations, edits=json_edits)
 @example(which=3, changes=[("truncate", 200, 0)], edits=[])  # kept: a truncated shard raised ArrowInvalid
-@pytest.mark.xfail(strict=True, reason="fixed by trust-store: a corrupt Parquet shard raises ArrowInvalid/OSError "
-                                       "(exit 1) instead of OffshelfError naming the shard")
 def test_store_reader_rejects_or_returns_committed_rows(material: Material, which: int, changes: list,
                                                         edits: list) -> None:
     files = store_files(material)

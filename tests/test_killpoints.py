@@ -60,14 +60,11 @@ def _after_last_shard(log: list[str]) -> int:
     return last + 1
 
 
-@pytest.mark.xfail(strict=True, reason="fixed by trust-store: embed updates the index only at the end of a run that "
-                                       "embedded something, so rows committed before a kill stay unsearchable")
 def test_rows_committed_before_a_kill_are_found_after_the_rerun(data: KillData, writes: Callable[[str], list[str]], tmp_path: Path) -> None:
     log = writes("embed-indexed")
     run_kill_point(kill_cases(data)["embed-indexed"], tmp_path / "work", _after_last_shard(log), log)
 
 
-@pytest.mark.xfail(strict=True, reason="fixed by trust-store: `offshelf check` does not exist yet")
 def test_check_passes_after_a_kill_and_repair(data: KillData, writes: Callable[[str], list[str]], tmp_path: Path) -> None:
     case, log = kill_cases(data)["embed"], writes("embed")
     run_kill_point(case, tmp_path / "work", seeded_kill_points(len(log), [3])[0], log)
@@ -75,7 +72,6 @@ def test_check_passes_after_a_kill_and_repair(data: KillData, writes: Callable[[
     assert report and offshelf_check(tmp_path / "work" / "store")
 
 
-@pytest.mark.xfail(strict=True, reason="fixed by trust-store: `offshelf compact` does not exist yet")
 def test_killed_compact_leaves_the_old_or_the_new_state(data: KillData, writes: Callable[[str], list[str]], tmp_path: Path) -> None:
     case, log = kill_cases(data)["compact"], writes("compact")
     for seed, point in zip(SEEDS, seeded_kill_points(len(log), SEEDS)):
