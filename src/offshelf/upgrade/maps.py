@@ -427,8 +427,8 @@ class AlignmentMap(TransformerMixin, BaseEstimator):
         return self._check(store, "new")
 
     # -- saving ---------------------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
-        return save_alignment(self, directory)
+    def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
+        return save_alignment(self, directory, overwrite=overwrite)
 
 
 
@@ -436,8 +436,9 @@ _ARRAYS = ("mean_new_", "mean_old_", "weights_", "basis_")
 _OPTIONAL_ARRAYS = ("compare_basis_", "calibration_x_", "calibration_y_")
 
 
-def save_alignment(alignment: AlignmentMap, directory: str | Path) -> Path:
-    """Save a fitted map under `directory` (arrays.npz + meta.json, written atomically; no pickle)."""
+def save_alignment(alignment: AlignmentMap, directory: str | Path, *, overwrite: bool = False) -> Path:
+    """Save a fitted map as the folder `directory` (arrays.npz + meta.json, written as one unit; no pickle); an
+    existing map there is replaced only with `overwrite`."""
     alignment._check_fitted()
     arrays = {name: getattr(alignment, name) for name in _ARRAYS}
     arrays.update({name: value for name in _OPTIONAL_ARRAYS if (value := getattr(alignment, name)) is not None})
@@ -451,7 +452,7 @@ def save_alignment(alignment: AlignmentMap, directory: str | Path) -> Path:
         "old_config": getattr(alignment, "old_config_", None), "new_config": getattr(alignment, "new_config_", None),
         "fit_info": getattr(alignment, "fit_info_", {}), "report": getattr(alignment, "report_", None),
     }
-    return save_bundle(directory, meta, arrays)
+    return save_bundle(directory, meta, arrays, overwrite=overwrite)
 
 
 def load_alignment(directory: str | Path) -> AlignmentMap:
@@ -470,12 +471,18 @@ def load_alignment(directory: str | Path) -> AlignmentMap:
             setattr(alignment, name, np.asarray(arrays[name], np.float64) if name in arrays else None)
         mlp = [arrays[f"mlp_{i}"] for i in range(4)] if "mlp_0" in arrays else None
         alignment.mlp_ = [np.asarray(w, np.float64) for w in mlp] if mlp else None
-    except (KeyError, TypeError) as exc:
-        raise OffshelfError(f"incomplete alignment at {directory}: {exc}") from None
-    alignment.n_features_in_ = alignment.new_dim
-    alignment.old_identity_, alignment.new_identity_ = meta.get("old_identity"), meta.get("new_identity")
-    alignment.old_config_, alignment.new_config_ = meta.get("old_config"), meta.get("new_config")
-    alignment.fit_info_, alignment.report_ = meta.get("fit_info", {}), meta.get("report")
+        alignment.n_features_in_ = alignment.new_dim
+        alignment.old_identity_, alignment.new_identity_ = meta.get("old_identity"), meta.get("new_identity")
+        alignment.old_config_, alignment.new_config_ = meta.get("old_config"), meta.get("new_config")
+        alignment.fit_info_, alignment.report_ = meta.get("fit_info", {}), meta.get("report")
+        if alignment.new_config_:
+            alignment.new_store_config()
+        # every saved part fits the others
+        alignment.compare_new(np.ones((1, alignment.new_dim)))
+        alignment.compare_old(np.ones((1, alignment.old_dim)))
+        alignment.calibrate(np.zeros(1))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OffshelfError) as exc:
+        raise OffshelfError(f"incomplete or inconsistent alignment at {directory}: {type(exc).__name__}: {exc}") from None
     return alignment
 
 
