@@ -22,6 +22,7 @@ import onnx
 import pytest
 
 import offshelf
+from offshelf.cli import main
 from offshelf.extract import Embedder, make_config
 from offshelf.models import ModelError, ModelSpec, get_model_spec, load_backbone, register_model, resolve_spec
 from offshelf.store import FeatureStore
@@ -57,6 +58,7 @@ def lite0_store(tmp_path_factory: pytest.TempPathFactory, photos: list[Path]) ->
 
 
 def offshelf_cli(*args: str, pythonpath: Path) -> subprocess.CompletedProcess[str]:
+    """The real `offshelf` command in a fresh interpreter, with `pythonpath` importable."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC_DIR, str(pythonpath)])}
     return subprocess.run([sys.executable, "-m", "offshelf.cli", *args], capture_output=True, text=True,
                           env=env, timeout=300)
@@ -89,20 +91,35 @@ def tampered(store: Path, tmp_path: Path, edit: dict) -> Path:
     ],
 )
 def test_a_handed_store_cannot_import_a_module(
-    lite0_store: Path, photos: list[Path], tmp_path: Path, evil: tuple[Path, Path], edit: dict, message: str
+    lite0_store: Path, photos: list[Path], tmp_path: Path, evil: tuple[Path, Path], edit: dict, message: str,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """The CLI's `main` in this process, with the attacker's module importable."""
     folder, marker = evil
+    monkeypatch.syspath_prepend(str(folder))
     handed = tampered(lite0_store, tmp_path, edit)
     for command in (["search", str(photos[0]), "--store", str(handed)],
                     ["embed", str(photos[4]), "--store", str(handed), "--quiet",
                      "--model", json.loads((handed / "manifest.json").read_text())["model"]]):
-        result = offshelf_cli(*command, pythonpath=folder)
-        assert not marker.exists(), f"{command[0]}: the module named in the manifest ran"
-        assert result.returncode == 2, (command[0], result.returncode, result.stderr)
-        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+        code = main(command)
+        stderr = capsys.readouterr().err
+        assert not marker.exists() and "offshelf_evil" not in sys.modules, f"{command[0]}: the module ran"
+        assert code == 2 and stderr.count("\n") == 1, (command[0], code, stderr)
         # `embed --model evil-net` stops earlier, at the unknown model name
-        assert re.search(message, result.stderr) or "unknown model 'evil-net'" in result.stderr, result.stderr
+        assert re.search(message, stderr) or "unknown model 'evil-net'" in stderr, stderr
     assert FeatureStore.open(handed).table().num_rows == 3  # nothing was added to the handed store
+
+
+def test_the_reproduction_in_a_fresh_process(lite0_store: Path, photos: list[Path], tmp_path: Path,
+                                             evil: tuple[Path, Path]) -> None:
+    """Finding 1 as reported: `offshelf search q.jpg --store THEIRS/` imported the module the manifest named."""
+    folder, marker = evil
+    handed = tampered(lite0_store, tmp_path, {"extra": {"weights": "offshelf_evil:run"}})
+    result = offshelf_cli("search", str(photos[0]), "--store", str(handed), pythonpath=folder)
+    assert not marker.exists(), "the module named in the manifest ran"
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, (result.returncode, result.stderr)
+    assert "model 'efficientnet-lite0': the spec recorded with these features differs from the built-in one in " \
+           "extra; refusing it" in result.stderr
 
 
 def test_a_recorded_spec_equal_to_the_registry_is_used(lite0_store: Path, photos: list[Path]) -> None:
