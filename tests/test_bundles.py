@@ -354,5 +354,6 @@ def test_a_map_cannot_choose_the_model_that_runs(fitted: dict[str, Path], copies
                     ["index", "upgrade", "--store", str(old), "--align", str(copies["map"]), "--quiet"]):
         result = cli(*command)
         assert not marker.exists() and "offshelf_evil" not in sys.modules, f"{command[0]}: the map's module ran"
-        assert_one_line_error(result, "differs from the built-in one in extra", "refusing")
+        assert_one_line_error(result, f"{copies['map'] / 'meta.json'}: model 'efficientnet-lite0': the spec recorded",
+                              "differs from the built-in one in extra; refusing it")
     assert not (old / "upgrade.json").exists()

@@ -118,8 +118,8 @@ def test_the_reproduction_in_a_fresh_process(lite0_store: Path, photos: list[Pat
     result = offshelf_cli("search", str(photos[0]), "--store", str(handed), pythonpath=folder)
     assert not marker.exists(), "the module named in the manifest ran"
     assert result.returncode == 2 and result.stderr.count("\n") == 1, (result.returncode, result.stderr)
-    assert "model 'efficientnet-lite0': the spec recorded with these features differs from the built-in one in " \
-           "extra; refusing it" in result.stderr
+    assert f"{handed / 'manifest.json'}: model 'efficientnet-lite0': the spec recorded with these features differs " \
+           "from the built-in one in extra; refusing it" in result.stderr
 
 
 def test_a_recorded_spec_equal_to_the_registry_is_used(lite0_store: Path, photos: list[Path]) -> None:

@@ -40,9 +40,10 @@ class Embedder:
     (`offshelf.models.resolve_spec`), so a file cannot choose what code runs.
     """
 
-    def __init__(self, config: StoreConfig, *, threads: int | None = None) -> None:
+    def __init__(self, config: StoreConfig, *, threads: int | None = None, origin: str | Path | None = None) -> None:
+        """`origin` is the file `config` was read from (a store manifest), named in errors."""
         self.config = config
-        self.spec = resolve_spec(config.model, config.model_spec)
+        self.spec = resolve_spec(config.model, config.model_spec, origin)
         self.layer = self.spec.layer(config.layer)
         self.pooling = None if config.pool == "none" else Pooling.parse(config.pool)
         self.augment: Augment = config.augment  # type: ignore[assignment]

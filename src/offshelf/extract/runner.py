@@ -23,7 +23,7 @@ from offshelf.extract.writer import Committer
 from offshelf.images import DEFAULT_MAX_PIXELS, VIEW_COUNTS, find_images
 from offshelf.models import DEFAULT_MODEL, ModelSpec, get_model_spec
 from offshelf.models.runtime import available_cores
-from offshelf.store import FeatureStore, FileState, StoreWriter
+from offshelf.store import MANIFEST, FeatureStore, FileState, StoreWriter
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_SHARD_SIZE = 1024
@@ -70,7 +70,7 @@ def embed(
             else:
                 todo.append((path, previous))
         if todo:
-            embedder = Embedder(feature_store.config, threads=threads)
+            embedder = Embedder(feature_store.config, threads=threads, origin=feature_store.root / MANIFEST)
             images_per_batch = max(1, batch_size // VIEW_COUNTS[augment])
             _run(todo, embedder, writer, summary, images_per_batch, workers, shard_size, max_pixels, progress)
     if summary.embedded:

@@ -91,31 +91,36 @@ def builtin_spec(name: str) -> ModelSpec:
         raise ModelError(f"model {name!r} is not built in; choose from {sorted(_BUILTIN)}") from None
 
 
-def resolve_spec(name: str, recorded: Mapping[str, Any] | None = None) -> ModelSpec:
-    """The spec to run for features recorded as made by model `name`, described in a file as `recorded`.
+def resolve_spec(name: str, recorded: Mapping[str, Any] | None = None, origin: str | Path | None = None) -> ModelSpec:
+    """The spec to run for features recorded as made by model `name`, described in the file `origin` as `recorded`.
 
     A built-in name gives the registry's spec; a recorded description that disagrees with it is refused. Any
     other name must be a user's ONNX model, whose recorded spec is data (a graph file and the sha256 it was
     registered with, checked on every load); if it is registered in this process the two must agree.
+    ModelError messages start with `origin` when it is given.
     """
+    where = f"{origin}: " if origin else ""
     if not recorded:
         return get_model_spec(name)
-    spec = ModelSpec.from_dict(dict(recorded))
+    try:
+        spec = ModelSpec.from_dict(dict(recorded))
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{where}{exc}") from None
     if spec.name != name:
-        raise ModelError(f"features of model {name!r} carry a spec recorded as {spec.name!r}; refusing it")
+        raise ModelError(f"{where}features of model {name!r} carry a spec recorded as {spec.name!r}; refusing it")
     known = _registry.get(name)
     if known is None and spec.source != "onnx":
-        raise ModelError(f"model {name!r} is not built in, and only a user ONNX model (source 'onnx') can be "
+        raise ModelError(f"{where}model {name!r} is not built in, and only a user ONNX model (source 'onnx') can be "
                          f"described by a file; refusing its recorded {spec.source!r} spec")
     if known is None and not spec.onnx_sha256:
-        raise ModelError(f"model {name!r}: the recorded spec records no sha256 of {spec.onnx_path}; "
+        raise ModelError(f"{where}model {name!r}: the recorded spec records no sha256 of {spec.onnx_path}; "
                          "register the model again with register_model")
     if known is not None:
         differ = [field for field in _COMPARED_FIELDS if getattr(spec, field) != getattr(known, field)]
         if differ:
             kind = "built-in" if name in _BUILTIN else "registered"
-            raise ModelError(f"model {name!r}: the spec recorded with these features differs from the {kind} one "
-                             f"in {', '.join(differ)}; refusing it (edited, or made by another installation)")
+            raise ModelError(f"{where}model {name!r}: the spec recorded with these features differs from the {kind} "
+                             f"one in {', '.join(differ)}; refusing it (edited, or made by another installation)")
         return known
     return spec
 

@@ -42,6 +42,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from offshelf._version import __version__
 from offshelf.errors import OffshelfError
 from offshelf.io import load_bundle, save_bundle
+from offshelf.models import resolve_spec
 from offshelf.store import FeatureStore, StoreConfig, check_identity
 from offshelf.vectors import l2_normalize
 
@@ -475,14 +476,15 @@ def load_alignment(directory: str | Path) -> AlignmentMap:
         alignment.old_identity_, alignment.new_identity_ = meta.get("old_identity"), meta.get("new_identity")
         alignment.old_config_, alignment.new_config_ = meta.get("old_config"), meta.get("new_config")
         alignment.fit_info_, alignment.report_ = meta.get("fit_info", {}), meta.get("report")
-        if alignment.new_config_:
-            alignment.new_store_config()
+        config = alignment.new_store_config() if alignment.new_config_ else None
         # every saved part fits the others
         alignment.compare_new(np.ones((1, alignment.new_dim)))
         alignment.compare_old(np.ones((1, alignment.old_dim)))
         alignment.calibrate(np.zeros(1))
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, OffshelfError) as exc:
         raise OffshelfError(f"incomplete or inconsistent alignment at {directory}: {type(exc).__name__}: {exc}") from None
+    if config is not None and config.model_spec:  # the model that embeds queries is the registry's: check it
+        resolve_spec(config.model, config.model_spec, Path(directory) / "meta.json")
     return alignment
 
 
