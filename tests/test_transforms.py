@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -59,9 +62,13 @@ def test_pipeline_saved_as_arrays_and_json_round_trips(features: np.ndarray, tmp
 
 
 def test_pickled_arrays_are_refused(tmp_path: Path) -> None:
+    """Even with its checksum recorded (as a hostile bundle would have), an object array is never unpickled."""
     save_bundle(tmp_path / "b", {"kind": "x"}, {"ok": np.arange(3)})
     np.savez(tmp_path / "b" / "arrays.npz", evil=np.array([object()], dtype=object))
-    with pytest.raises(OffshelfError, match="cannot load"):
+    meta = json.loads((tmp_path / "b" / "meta.json").read_text())
+    meta["arrays_sha256"] = hashlib.sha256((tmp_path / "b" / "arrays.npz").read_bytes()).hexdigest()
+    (tmp_path / "b" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(OffshelfError, match="cannot load .*arrays.npz: ValueError: member 'evil.npy' holds Python objects"):
         load_bundle(tmp_path / "b")
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from offshelf.cli.common import EXIT_OK, Subparsers, add_command, add_labels_options, positive_int, print_json
+from offshelf.cli.common import (
+    EXIT_OK,
+    Subparsers,
+    add_command,
+    add_force_option,
+    add_labels_options,
+    positive_int,
+    print_json,
+)
 from offshelf.errors import OffshelfError
 from offshelf.probe import LabelSource
 
@@ -18,7 +26,7 @@ def cmd_probe_fit(args: argparse.Namespace) -> int:
     from offshelf.probe import fit_store_probe
 
     report = fit_store_probe(args.store, label_source(args), args.out, method=args.method,
-                             post=args.post.split(",") if args.post else (), cv=args.cv)
+                             post=args.post.split(",") if args.post else (), cv=args.cv, overwrite=args.force)
     if args.json:
         print_json(report)
         return EXIT_OK
@@ -67,6 +75,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--store", required=True, type=Path)
     add_labels_options(p)
     p.add_argument("--out", required=True, type=Path, help="directory to save the probe in")
+    add_force_option(p, "probe")
     p.add_argument("--method", choices=["svm", "logreg"], default="svm")
     p.add_argument("--post", default="l2", help="comma-separated post-processing: l2, power, standardize ('' for none)")
     p.add_argument("--cv", type=positive_int, default=3, help="cross-validation folds for choosing C")

@@ -11,7 +11,7 @@ from PIL import Image
 from offshelf.errors import OffshelfError
 from offshelf.extract.pooling import Pooling
 from offshelf.images import VIEW_COUNTS, Augment, ImageDecodeError, decode_image, make_views, read_file, views_min_size
-from offshelf.models import ModelSpec, get_model_spec, load_backbone
+from offshelf.models import ModelSpec, load_backbone, resolve_spec
 from offshelf.store import StoreConfig
 
 
@@ -35,12 +35,15 @@ def make_config(spec: ModelSpec, layer: str | None = None, pool: str | None = No
 class Embedder:
     """Computes a store's kind of descriptor: views -> backbone layer -> pooling -> mean over views.
 
-    Thread-safe for concurrent `embed_*` calls (ONNX Runtime sessions are).
+    Thread-safe for concurrent `embed_*` calls (ONNX Runtime sessions are). The model is the registry's for
+    `config.model`; the spec recorded in `config` (from a store manifest or a map) is only checked against it
+    (`offshelf.models.resolve_spec`), so a file cannot choose what code runs.
     """
 
-    def __init__(self, config: StoreConfig, *, threads: int | None = None) -> None:
+    def __init__(self, config: StoreConfig, *, threads: int | None = None, origin: str | Path | None = None) -> None:
+        """`origin` is the file `config` was read from (a store manifest), named in errors."""
         self.config = config
-        self.spec = ModelSpec.from_dict(config.model_spec) if config.model_spec else get_model_spec(config.model)
+        self.spec = resolve_spec(config.model, config.model_spec, origin)
         self.layer = self.spec.layer(config.layer)
         self.pooling = None if config.pool == "none" else Pooling.parse(config.pool)
         self.augment: Augment = config.augment  # type: ignore[assignment]

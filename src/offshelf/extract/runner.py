@@ -78,7 +78,7 @@ def embed(
             else:
                 todo.append((path, previous))
         if todo:
-            embedder = Embedder(feature_store.config, threads=threads)
+            embedder = Embedder(feature_store.config, threads=threads, origin=feature_store.root / MANIFEST)
             images_per_batch = max(1, batch_size // VIEW_COUNTS[augment])
             _run(todo, embedder, writer, summary, images_per_batch, workers, shard_size, max_pixels, progress)
     from offshelf.index import update_store_index  # FAISS only when a store has an index

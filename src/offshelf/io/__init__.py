@@ -1,6 +1,6 @@
 """Files on disk: atomic writes, locks, and array + JSON bundles (never a pickle)."""
 
-from offshelf.io.bundles import load_bundle, save_bundle
+from offshelf.io.bundles import check_bundle_target, load_bundle, save_bundle
 from offshelf.io.files import (
     TMP_PREFIX,
     atomic_write,
@@ -14,6 +14,7 @@ from offshelf.io.files import (
 __all__ = [
     "TMP_PREFIX",
     "atomic_write",
+    "check_bundle_target",
     "atomic_write_bytes",
     "atomic_write_json",
     "exclusive_lock",

@@ -7,7 +7,7 @@
 from offshelf.models.cache import offshelf_home
 from offshelf.models.errors import ModelError
 from offshelf.models.export import ensure_onnx
-from offshelf.models.registry import DEFAULT_MODEL, get_model_spec, list_models, register_model
+from offshelf.models.registry import DEFAULT_MODEL, get_model_spec, list_models, register_model, resolve_spec
 from offshelf.models.runtime import Backbone, load_backbone
 from offshelf.models.spec import Layer, ModelSpec, Preprocessing
 
@@ -24,4 +24,5 @@ __all__ = [
     "load_backbone",
     "offshelf_home",
     "register_model",
+    "resolve_spec",
 ]

@@ -5,7 +5,6 @@ Imports torch at module level: only `offshelf.models.export` imports this module
 
 from __future__ import annotations
 
-import contextlib
 import io
 import warnings
 from pathlib import Path
@@ -19,9 +18,11 @@ INPUT_NAME = "input"
 
 
 def load_efficientnet(arch: str, weights: Path) -> EfficientNet:
-    """The pretrained network in eval mode, without the package's print."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return EfficientNet.from_pretrained(arch, weights_path=str(weights)).eval()
+    """The pretrained network in eval mode. The weights are read with `weights_only=True` (tensors only, never
+    an arbitrary pickle) and must fill every parameter, as the package's own `from_pretrained` checks."""
+    net = EfficientNet.from_name(arch)
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
+    return net.eval()
 
 
 def stage_ends(net: EfficientNet) -> list[int]:

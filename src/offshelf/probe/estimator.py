@@ -355,8 +355,10 @@ def _json_param(value: Any) -> Any:
     return np.asarray(value).tolist() if isinstance(value, (tuple, list, np.ndarray)) else value
 
 
-def save_probe(probe: LinearProbe, directory: str | Path, store_identity: Mapping[str, Any]) -> Path:
-    """Save a fitted probe and the identity of the store its features came from (arrays + JSON, no pickle)."""
+def save_probe(probe: LinearProbe, directory: str | Path, store_identity: Mapping[str, Any], *,
+               overwrite: bool = False) -> Path:
+    """Save a fitted probe and the identity of the store its features came from (arrays + JSON, no pickle),
+    as one unit; an existing probe at `directory` is replaced only with `overwrite`."""
     check_is_fitted(probe)
     missing = [name for name in IDENTITY_FIELDS if name not in store_identity]
     if missing:
@@ -379,21 +381,31 @@ def save_probe(probe: LinearProbe, directory: str | Path, store_identity: Mappin
         "cv_score": probe.cv_score_,
         "store": {name: store_identity[name] for name in IDENTITY_FIELDS},
     }
-    return save_bundle(directory, meta, arrays)
+    return save_bundle(directory, meta, arrays, overwrite=overwrite)
 
 
 def load_probe(directory: str | Path) -> tuple[LinearProbe, dict[str, Any]]:
-    """`(probe, store identity)` saved by `save_probe`."""
+    """`(probe, store identity)` saved by `save_probe`; OffshelfError naming `directory` if it is incomplete or
+    its parts do not fit together."""
     meta, arrays = load_bundle(directory, kind=PROBE_KIND)
     if meta.get("format") != PROBE_FORMAT:
         raise OffshelfError(f"{directory} holds a probe of format {meta.get('format')}; expected {PROBE_FORMAT}")
-    probe = LinearProbe(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["params"].items()})
-    probe.multilabel_ = meta["multilabel"]
-    probe.n_features_in_ = meta["n_features_in"]
-    probe.post_ = None if meta["post"] is None else pipeline_from_bundle(meta["post"], arrays, prefix="post")
-    probe.coef_, probe.intercept_, probe.classes_, probe.C_ = (
-        arrays["coef"], arrays["intercept"], arrays["classes"], arrays["C"],
-    )
-    probe.cv_results_ = {"scoring": meta["cv_scoring"], "Cs": arrays["cv_Cs"], "mean_score": arrays["cv_mean_score"]}
-    probe.cv_score_ = meta["cv_score"]
-    return probe, meta["store"]
+    try:
+        probe = LinearProbe(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["params"].items()})
+        probe.multilabel_ = bool(meta["multilabel"])
+        probe.n_features_in_ = meta["n_features_in"]
+        probe.post_ = None if meta["post"] is None else pipeline_from_bundle(meta["post"], arrays, prefix="post")
+        probe.coef_, probe.intercept_, probe.classes_, probe.C_ = (
+            arrays["coef"], arrays["intercept"], arrays["classes"], arrays["C"],
+        )
+        probe.cv_results_ = {"scoring": meta["cv_scoring"], "Cs": arrays["cv_Cs"],
+                             "mean_score": arrays["cv_mean_score"]}
+        probe.cv_score_ = meta["cv_score"]
+        identity = {name: meta["store"][name] for name in IDENTITY_FIELDS}
+        if probe.coef_.ndim != 2 or not probe.coef_.shape[1] == probe.n_features_in_ == identity["dim"]:
+            raise ValueError(f"coef has shape {probe.coef_.shape} for {probe.n_features_in_}-d features "
+                             f"of dim {identity['dim']}")
+        probe.decision_function(np.ones((1, probe.coef_.shape[1])))  # every saved part fits the others
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OffshelfError) as exc:
+        raise OffshelfError(f"incomplete or inconsistent probe at {directory}: {type(exc).__name__}: {exc}") from None
+    return probe, identity

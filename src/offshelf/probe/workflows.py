@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from offshelf.extract import Embedder
+from offshelf.io import check_bundle_target
 from offshelf.probe.estimator import LinearProbe, check_compatible, evaluate, load_probe, save_probe
 from offshelf.probe.labels import LabelSource, align_labels
 from offshelf.store import FeatureStore, StoreConfig
@@ -28,12 +29,15 @@ def labelled_features(store: FeatureStore, labels: LabelSource) -> tuple[np.ndar
 
 
 def fit_store_probe(store_dir: str | Path, labels: LabelSource, out: str | Path, *, method: str = "svm",
-                    post: Sequence[str] = ("l2",), cv: int = 3) -> dict[str, Any]:
-    """Fit a probe on a store's labelled items, save it to `out`, and report its cross-validated scores."""
+                    post: Sequence[str] = ("l2",), cv: int = 3, overwrite: bool = False) -> dict[str, Any]:
+    """Fit a probe on a store's labelled items, save it to `out`, and report its cross-validated scores.
+
+    An existing probe at `out` is replaced only with `overwrite` (checked before any work)."""
+    check_bundle_target(out, overwrite)
     store = FeatureStore.open(store_dir)
     X, y, unlabeled = labelled_features(store, labels)
     probe = LinearProbe(method=method, post=tuple(post), cv=cv).fit(X, y)
-    save_probe(probe, out, store.config.identity())
+    save_probe(probe, out, store.config.identity(), overwrite=overwrite)
     return {
         "probe": str(out),
         "method": method,

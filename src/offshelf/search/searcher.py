@@ -15,7 +15,7 @@ import numpy as np
 
 from offshelf.errors import OffshelfError
 from offshelf.extract import Embedder
-from offshelf.store import FeatureStore
+from offshelf.store import MANIFEST, FeatureStore
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class Searcher:
     def embedder(self) -> Embedder:
         """The store's embedder, loaded on first use (searching by vector needs no model)."""
         if self._embedder is None:
-            self._embedder = Embedder(self.store.config, threads=self._threads)
+            self._embedder = Embedder(self.store.config, threads=self._threads, origin=self.store.root / MANIFEST)
         return self._embedder
 
     def __len__(self) -> int:

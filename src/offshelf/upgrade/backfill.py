@@ -30,11 +30,12 @@ def default_new_store_dir(old_store_dir: str | Path, alignment: AlignmentMap) ->
 
 
 def _embed_kwargs(alignment: AlignmentMap) -> dict[str, Any]:
+    """How to embed with the map's new model: its recorded spec is checked against the registry, never run."""
     from offshelf.extract import make_config
-    from offshelf.models import ModelSpec, get_model_spec
+    from offshelf.models import resolve_spec
 
     config = alignment.new_store_config()
-    spec = ModelSpec.from_dict(config.model_spec) if config.model_spec else get_model_spec(config.model)
+    spec = resolve_spec(config.model, config.model_spec)
     pool = None if config.pool == "none" else config.pool
     made = make_config(spec, config.layer, pool, config.augment)
     if made.identity() != alignment.new_identity:

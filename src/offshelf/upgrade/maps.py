@@ -42,6 +42,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from offshelf._version import __version__
 from offshelf.errors import OffshelfError
 from offshelf.io import load_bundle, save_bundle
+from offshelf.models import resolve_spec
 from offshelf.store import FeatureStore, StoreConfig, check_identity
 from offshelf.vectors import l2_normalize
 
@@ -427,8 +428,8 @@ class AlignmentMap(TransformerMixin, BaseEstimator):
         return self._check(store, "new")
 
     # -- saving ---------------------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
-        return save_alignment(self, directory)
+    def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
+        return save_alignment(self, directory, overwrite=overwrite)
 
 
 
@@ -436,8 +437,9 @@ _ARRAYS = ("mean_new_", "mean_old_", "weights_", "basis_")
 _OPTIONAL_ARRAYS = ("compare_basis_", "calibration_x_", "calibration_y_")
 
 
-def save_alignment(alignment: AlignmentMap, directory: str | Path) -> Path:
-    """Save a fitted map under `directory` (arrays.npz + meta.json, written atomically; no pickle)."""
+def save_alignment(alignment: AlignmentMap, directory: str | Path, *, overwrite: bool = False) -> Path:
+    """Save a fitted map as the folder `directory` (arrays.npz + meta.json, written as one unit; no pickle); an
+    existing map there is replaced only with `overwrite`."""
     alignment._check_fitted()
     arrays = {name: getattr(alignment, name) for name in _ARRAYS}
     arrays.update({name: value for name in _OPTIONAL_ARRAYS if (value := getattr(alignment, name)) is not None})
@@ -451,7 +453,7 @@ def save_alignment(alignment: AlignmentMap, directory: str | Path) -> Path:
         "old_config": getattr(alignment, "old_config_", None), "new_config": getattr(alignment, "new_config_", None),
         "fit_info": getattr(alignment, "fit_info_", {}), "report": getattr(alignment, "report_", None),
     }
-    return save_bundle(directory, meta, arrays)
+    return save_bundle(directory, meta, arrays, overwrite=overwrite)
 
 
 def load_alignment(directory: str | Path) -> AlignmentMap:
@@ -470,12 +472,19 @@ def load_alignment(directory: str | Path) -> AlignmentMap:
             setattr(alignment, name, np.asarray(arrays[name], np.float64) if name in arrays else None)
         mlp = [arrays[f"mlp_{i}"] for i in range(4)] if "mlp_0" in arrays else None
         alignment.mlp_ = [np.asarray(w, np.float64) for w in mlp] if mlp else None
-    except (KeyError, TypeError) as exc:
-        raise OffshelfError(f"incomplete alignment at {directory}: {exc}") from None
-    alignment.n_features_in_ = alignment.new_dim
-    alignment.old_identity_, alignment.new_identity_ = meta.get("old_identity"), meta.get("new_identity")
-    alignment.old_config_, alignment.new_config_ = meta.get("old_config"), meta.get("new_config")
-    alignment.fit_info_, alignment.report_ = meta.get("fit_info", {}), meta.get("report")
+        alignment.n_features_in_ = alignment.new_dim
+        alignment.old_identity_, alignment.new_identity_ = meta.get("old_identity"), meta.get("new_identity")
+        alignment.old_config_, alignment.new_config_ = meta.get("old_config"), meta.get("new_config")
+        alignment.fit_info_, alignment.report_ = meta.get("fit_info", {}), meta.get("report")
+        config = alignment.new_store_config() if alignment.new_config_ else None
+        # every saved part fits the others
+        alignment.compare_new(np.ones((1, alignment.new_dim)))
+        alignment.compare_old(np.ones((1, alignment.old_dim)))
+        alignment.calibrate(np.zeros(1))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OffshelfError) as exc:
+        raise OffshelfError(f"incomplete or inconsistent alignment at {directory}: {type(exc).__name__}: {exc}") from None
+    if config is not None and config.model_spec:  # the model that embeds queries is the registry's: check it
+        resolve_spec(config.model, config.model_spec, Path(directory) / "meta.json")
     return alignment
 
 

@@ -78,17 +78,26 @@ class RelativeRepresentation:
             old_x, new_x = old_x[rows], new_x[rows]
         return cls(old_x, new_x, **kwargs)
 
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
         arrays = {"mean_old": self.mean_old_, "mean_new": self.mean_new_, "anchors_old": self.anchors_old_,
                   "anchors_new": self.anchors_new_}
-        return save_bundle(directory, {"kind": RELATIVE_KIND, "format": FORMAT, "center": self.center}, arrays)
+        return save_bundle(directory, {"kind": RELATIVE_KIND, "format": FORMAT, "center": self.center}, arrays,
+                           overwrite=overwrite)
 
     @classmethod
     def load(cls, directory: str | Path) -> RelativeRepresentation:
         meta, arrays = load_bundle(directory, RELATIVE_KIND)
         rep = cls.__new__(cls)
         rep.center = bool(meta.get("center", True))
-        rep.mean_old_, rep.mean_new_ = arrays["mean_old"], arrays["mean_new"]
-        rep.anchors_old_, rep.anchors_new_ = arrays["anchors_old"], arrays["anchors_new"]
+        try:
+            rep.mean_old_, rep.mean_new_ = arrays["mean_old"], arrays["mean_new"]
+            rep.anchors_old_, rep.anchors_new_ = arrays["anchors_old"], arrays["anchors_new"]
+            if rep.anchors_old_.ndim != 2 or len(rep.anchors_old_) != len(rep.anchors_new_):
+                raise ValueError(f"anchors of shapes {rep.anchors_old_.shape} and {rep.anchors_new_.shape}")
+            rep.transform_old(np.ones((1, rep.mean_old_.shape[0])))  # every saved part fits the others
+            rep.transform_new(np.ones((1, rep.mean_new_.shape[0])))
+        except (KeyError, ValueError, IndexError, OffshelfError) as exc:
+            raise OffshelfError(f"incomplete or inconsistent relative representation at {directory}: "
+                                f"{type(exc).__name__}: {exc}") from None
         return rep
 
