@@ -50,8 +50,8 @@ def tokenizer(max_length: int) -> PreTrainedTokenizerFast:
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
     raw.train_from_iterator(SENTENCES, trainers.WordPieceTrainer(
         vocab_size=80, special_tokens=["[UNK]", "[PAD]", "[BOS]", "[EOS]"]))
-    raw.post_processor = processors.TemplateProcessing(
-        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", raw.token_to_id("[BOS]")), ("[EOS]", raw.token_to_id("[EOS]"))])
+    special = [(token, raw.token_to_id(token)) for token in ("[BOS]", "[EOS]")]
+    raw.post_processor = processors.TemplateProcessing(single="[BOS] $A [EOS]", special_tokens=special)
     return PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
                                    unk_token="[UNK]", model_max_length=max_length)
 

@@ -5,6 +5,7 @@ labels against torch's text tower; identity, caching and the clear errors."""
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -73,23 +74,31 @@ def stores(checkpoints: dict[str, Path], photos: list[Path], tmp_path_factory: p
     return made
 
 
+@functools.cache
 def torch_model(folder: Path, family: str) -> torch.nn.Module:
     classes = {"vit": transformers.ViTModel, "dinov2": transformers.Dinov2Model, "clip": transformers.CLIPModel,
                "siglip": transformers.SiglipModel, "convnext": transformers.ConvNextModel}
     return classes[family].from_pretrained(folder).eval()
 
 
-def torch_image_features(folder: Path, family: str, photos: list[Path], layer: str | None = None) -> np.ndarray:
-    """transformers' own answer: its image processor (PIL backend) on the photos, then the torch model."""
+@functools.cache
+def torch_pixels(folder: Path, photos: tuple[Path, ...]) -> torch.Tensor:
+    """transformers' image processor (its PIL backend, as without torchvision) on the photos."""
     processor = transformers.AutoImageProcessor.from_pretrained(folder)
-    pixels = processor(images=[Image.open(p).convert("RGB") for p in photos], return_tensors="pt")["pixel_values"]
+    return processor(images=[Image.open(p).convert("RGB") for p in photos], return_tensors="pt")["pixel_values"]
+
+
+def torch_image_features(folder: Path, family: str, photos: list[Path], layer: str | None = None) -> np.ndarray:
+    """transformers' own answer: its image processor on the photos, then the torch model."""
+    pixels = torch_pixels(folder, tuple(photos))
     model = torch_model(folder, family)
     with torch.no_grad():
         if family in ("clip", "siglip"):
             return model.get_image_features(pixel_values=pixels).pooler_output.numpy()
         out = model(pixel_values=pixels, output_hidden_states=True)
         if family == "convnext":
-            return out.pooler_output.numpy() if layer is None else out.hidden_states[int(layer[-1])].mean((2, 3)).numpy()
+            chosen = out.pooler_output if layer is None else out.hidden_states[int(layer[-1])].mean((2, 3))
+            return chosen.numpy()
         hidden = out.last_hidden_state
         cls, patch = hidden[:, 0].numpy(), hidden[:, 1:].mean(1).numpy()
         return {None: cls, "patch-mean": patch, "cls+patch-mean": np.concatenate([cls, patch], 1)}[layer]
@@ -98,9 +107,10 @@ def torch_image_features(folder: Path, family: str, photos: list[Path], layer: s
 def torch_text_features(folder: Path, family: str, texts: list[str]) -> np.ndarray:
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     if family == "siglip":  # as SigLIP is used: padded to the full length, no attention mask
-        inputs = {"input_ids": tokenizer(texts, padding="max_length", return_tensors="pt")["input_ids"]}
+        encoded = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")
+        inputs = {"input_ids": encoded["input_ids"]}
     else:
-        inputs = dict(tokenizer(texts, padding=True, return_tensors="pt"))
+        inputs = dict(tokenizer(texts, padding=True, truncation=True, return_tensors="pt"))
     with torch.no_grad():
         return torch_model(folder, family).get_text_features(**inputs).pooler_output.numpy()
 

@@ -20,7 +20,9 @@ from offshelf.models import (
     load_backbone,
     register_model,
 )
-from offshelf.search import Hit, Searcher, search
+from offshelf.models.text import TextEncoder, load_text_encoder
+from offshelf.probe.zeroshot import zero_shot_labels
+from offshelf.search import Hit, Searcher, search, search_text
 from offshelf.store import FeatureStore, StoreConfig
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "Searcher",
     "StoreConfig",
     "StoreError",
+    "TextEncoder",
     "__version__",
     "decode_image",
     "embed",
@@ -46,8 +49,11 @@ __all__ = [
     "get_model_spec",
     "list_models",
     "load_backbone",
+    "load_text_encoder",
     "make_config",
     "make_views",
     "register_model",
     "search",
+    "search_text",
+    "zero_shot_labels",
 ]

@@ -95,7 +95,8 @@ def register(sub: Subparsers) -> None:
     p.set_defaults(handler=cmd_probe_zero_shot)
     p.add_argument("--store", required=True, type=Path)
     p.add_argument("--classes", required=True, help="comma-separated class names, e.g. cat,dog,car")
-    p.add_argument("--template", default=None, help='the text for a class, {} the class name (default "a photo of a {}.")')
+    p.add_argument("--template", default=None,
+                   help='the text for a class, {} the class name (default "a photo of a {}.")')
     p.add_argument("--json", action="store_true")
 
     p = probe_sub.add_parser("eval", help="accuracy and mAP of a saved probe on a labelled store")
