@@ -82,8 +82,6 @@ def test_index_reader_rejects_or_searches_stored_ids(material: Material, which: 
 @BOUNDED
 @given(which=st.integers(0, 1), changes=mutations, edits=json_edits)
 @example(which=0, changes=[("flip", 4000, 1)], edits=[])  # kept: a flipped bit in arrays.npz raised BadZipFile
-@pytest.mark.xfail(strict=True, reason="fixed by trust-safe: a damaged arrays.npz raises zipfile.BadZipFile "
-                                       "(exit 1) instead of OffshelfError naming the bundle")
 def test_map_reader_rejects_or_maps_to_finite_vectors(material: Material, which: int, changes: list,
                                                       edits: list) -> None:
     relative = ("arrays.npz", "meta.json")[which]

@@ -20,8 +20,10 @@ from offshelf.models import (
     load_backbone,
     register_model,
 )
-from offshelf.search import Hit, Searcher, search
 from offshelf.index import check_store_index
+from offshelf.models.text import TextEncoder, load_text_encoder
+from offshelf.probe.zeroshot import zero_shot_labels
+from offshelf.search import Hit, Searcher, search, search_text
 from offshelf.store import FeatureStore, StoreConfig, check_store, compact
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "Searcher",
     "StoreConfig",
     "StoreError",
+    "TextEncoder",
     "__version__",
     "check_store",
     "check_store_index",
@@ -50,8 +53,11 @@ __all__ = [
     "get_model_spec",
     "list_models",
     "load_backbone",
+    "load_text_encoder",
     "make_config",
     "make_views",
     "register_model",
     "search",
+    "search_text",
+    "zero_shot_labels",
 ]

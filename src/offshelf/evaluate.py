@@ -35,6 +35,7 @@ from offshelf.errors import OffshelfError
 from offshelf.metrics import mean_average_precision_ranked, mean_defined
 from offshelf.probe import LabelSource, LinearProbe, align_labels, evaluate
 from offshelf.probe.labels import label_tuples, looks_multilabel
+from offshelf.probe.zeroshot import config_encoder, zero_shot_accuracy
 from offshelf.store import FeatureStore
 from offshelf.vectors import l2_normalize
 
@@ -211,6 +212,14 @@ def _label_mapping(labels: LabelSource | Mapping[str, Collection[str]], paths: S
     return labels.labels_for(list(paths)) if isinstance(labels, LabelSource) else labels
 
 
+def _zero_shot(store: FeatureStore, X: np.ndarray, y: Labels) -> float | None:
+    """Zero-shot accuracy ("a photo of a {label}.") when the store's model has a text tower and each item one
+    label; None otherwise."""
+    multilabel, targets = _targets(y)
+    encoder = None if multilabel else config_encoder(store.config)
+    return None if encoder is None else zero_shot_accuracy(X, [t[0] for t in targets], encoder)
+
+
 def evaluate_stores(
     stores: Sequence[str | Path | FeatureStore],
     labels: LabelSource | Mapping[str, Collection[str]],
@@ -227,7 +236,8 @@ def evaluate_stores(
     `labels`: a `LabelSource`, or `{image path: [labels]}`. Every row is evaluated on the same items: those
     labelled and present in every store (and, with baselines, readable by them), sorted by path. Each result
     adds name, model, layer, pool, augment, dim, unlabeled (the store's items without a label, ignored),
-    skipped (labelled items left out because another store lacks them or a baseline cannot decode them) and
+    skipped (labelled items left out because another store lacks them or a baseline cannot decode them),
+    zero_shot_accuracy (stores of a CLIP-type model's image embeddings with one label per item, else None) and
     seconds (baselines: including their feature extraction). Progress goes to stderr unless `progress=False`.
     """
     if not stores:
@@ -272,8 +282,8 @@ def evaluate_stores(
             X = matrix[[position[path] for path in common]]
             result = evaluate_features(X, y, folds=folds, seed=seed, method=method)
             results.append({
-                "name": name, **store.config.identity(), **result, "unlabeled": missing,
-                "skipped": len(have) - len(common), "seconds": time.perf_counter() - started,
+                "name": name, **store.config.identity(), **result, "zero_shot_accuracy": _zero_shot(store, X, y),
+                "unlabeled": missing, "skipped": len(have) - len(common), "seconds": time.perf_counter() - started,
             })
             bar.update(len(common))
         for name in wanted:
@@ -284,7 +294,7 @@ def evaluate_stores(
             result = evaluate_features(features[keep], y, folds=folds, seed=seed, method=method)
             results.append({
                 "name": name, "model": name, "layer": None, "pool": None, "augment": None, "dim": features.shape[1],
-                **result, "unlabeled": None, "skipped": None,
+                **result, "zero_shot_accuracy": None, "unlabeled": None, "skipped": None,
                 "seconds": extract_seconds + time.perf_counter() - started,
             })
             bar.update(len(common))

@@ -70,6 +70,9 @@ def format_table(results: Sequence[Mapping[str, Any]]) -> str:
 
     lines += [line(header).rstrip(), *(line(row).rstrip() for row in rows)]
     for r in results:
+        if r.get("zero_shot_accuracy") is not None:
+            lines.append(f"{r['name']}: zero-shot accuracy {r['zero_shot_accuracy']:.3f} (text tower, "
+                         "\"a photo of a {label}.\", no training)")
         if r.get("unlabeled") or r.get("skipped"):
             lines.append(f"{r['name']}: {r['unlabeled']} unlabeled items ignored, {r['skipped']} labelled items "
                          "not in every store or not decodable left out")

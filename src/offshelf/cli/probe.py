@@ -66,6 +66,18 @@ def cmd_probe_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_probe_zero_shot(args: argparse.Namespace) -> int:
+    from offshelf.probe.zeroshot import zero_shot_labels
+
+    rows = zero_shot_labels(args.store, args.classes, **({"template": args.template} if args.template else {}))
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    for row in rows:
+        print(f"{row['label']:<24} {row['score']:6.3f}  {row['path']}")
+    return EXIT_OK
+
+
 def register(sub: Subparsers) -> None:
     probe = add_command(sub, "probe", None, "Linear probes (SVM or logistic regression) on stored features.")
     probe_sub = probe.add_subparsers(dest="probe_command", required=True, metavar="ACTION")
@@ -86,6 +98,14 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--probe", required=True, type=Path)
     p.add_argument("--store", type=Path, default=None)
     p.add_argument("images", nargs="*", type=Path, metavar="IMAGE")
+    p.add_argument("--json", action="store_true")
+
+    p = probe_sub.add_parser("zero-shot", help="label every stored item with the best of CLASSES (CLIP-type models)")
+    p.set_defaults(handler=cmd_probe_zero_shot)
+    p.add_argument("--store", required=True, type=Path)
+    p.add_argument("--classes", required=True, help="comma-separated class names, e.g. cat,dog,car")
+    p.add_argument("--template", default=None,
+                   help='the text for a class, {} the class name (default "a photo of a {}.")')
     p.add_argument("--json", action="store_true")
 
     p = probe_sub.add_parser("eval", help="accuracy and mAP of a saved probe on a labelled store")

@@ -7,10 +7,19 @@ import sys
 from pathlib import Path
 
 from offshelf.cli.common import EXIT_OK, Subparsers, add_command, positive_int, print_json
+from offshelf.errors import OffshelfError
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    if args.align is not None:
+    if (args.query is None) == (args.text is None):
+        raise OffshelfError("give either a query image or --text, not both")
+    if args.text is not None:
+        if args.align is not None:
+            raise OffshelfError("--align maps image queries of another model; it does not apply to --text")
+        from offshelf.search import search_text
+
+        hits = search_text(args.text, args.store, k=args.k)
+    elif args.align is not None:
         from offshelf.upgrade import aligned_search
 
         hits = aligned_search(args.query, args.store, args.align, k=args.k)
@@ -32,8 +41,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def register(sub: Subparsers) -> None:
-    p = add_command(sub, "search", cmd_search, "Find the stored images most similar to a query image.")
-    p.add_argument("query", type=Path, metavar="QUERY_IMAGE")
+    p = add_command(sub, "search", cmd_search, "Find the stored images most similar to a query image (or text).")
+    p.add_argument("query", type=Path, nargs="?", default=None, metavar="QUERY_IMAGE")
+    p.add_argument("--text", default=None, help="a text query instead of an image (CLIP-type models)")
     p.add_argument("--store", required=True, type=Path)
     p.add_argument("-k", type=positive_int, default=10, help="number of results")
     p.add_argument("--align", type=Path, default=None, metavar="MAP_DIR",

@@ -48,12 +48,13 @@ class Embedder:
         self.pooling = None if config.pool == "none" else Pooling.parse(config.pool)
         self.augment: Augment = config.augment  # type: ignore[assignment]
         self.size = self.spec.preprocessing.size
-        self.min_size = views_min_size(self.size, self.augment)
+        self.resize, self.resample = self.spec.preprocessing.resize, self.spec.preprocessing.resample
+        self.min_size = views_min_size(self.size, self.augment, self.resample)
         self.backbone = load_backbone(self.spec, threads=threads)
 
     def views(self, image: Image.Image) -> np.ndarray:
         """The `(V, size, size, 3)` uint8 views of one decoded image."""
-        return make_views(image, self.size, self.augment)
+        return make_views(image, self.size, self.augment, resize=self.resize, resample=self.resample)
 
     def view_features(self, views: Sequence[np.ndarray]) -> np.ndarray:
         """One float32 descriptor per view, `(N, V, dim)`: for test-time combinations such as summing

@@ -45,6 +45,8 @@ class Reader:
     size: int
     augment: Augment = "none"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    resize: int = 0  # the model's own recipe, if it has one (`Preprocessing.resize` and `resample`)
+    resample: str = ""
 
     def load(self, path: str, previous: FileState | None = None) -> Outcome:
         """One file's outcome; never raises for a bad file (a bad file must never stop a run)."""
@@ -54,8 +56,10 @@ class Reader:
             state = FileState(read.sha256, read.size, read.mtime_ns)
             if previous is not None and previous.sha256 == state.sha256:
                 return Outcome(path, state, unchanged=True)
-            image = decode_image(read.data, min_size=views_min_size(self.size, self.augment), max_pixels=self.max_pixels)
-            return Outcome(path, state, views=make_views(image, self.size, self.augment))
+            min_size = views_min_size(self.size, self.augment, self.resample)
+            image = decode_image(read.data, min_size=min_size, max_pixels=self.max_pixels)
+            views = make_views(image, self.size, self.augment, resize=self.resize, resample=self.resample)
+            return Outcome(path, state, views=views)
         except ImageDecodeError as exc:
             return Outcome(path, state, error=exc.reason)
         except Exception as exc:  # noqa: BLE001 - record why and go on

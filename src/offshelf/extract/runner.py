@@ -124,7 +124,7 @@ def _run(todo: list[tuple[str, FileState | None]], embedder: Embedder, writer: S
         committer = Committer(embedder, writer, summary, bar, batch_size, shard_size)
         try:
             with ThreadPoolExecutor(n_workers, thread_name_prefix="offshelf-decode") as pool:
-                reader = Reader(embedder.size, embedder.augment, max_pixels)
+                reader = Reader(embedder.size, embedder.augment, max_pixels, embedder.resize, embedder.resample)
                 for outcome in reader.ordered(pool, todo, window):
                     committer.add(outcome)
                 committer.flush_batch()

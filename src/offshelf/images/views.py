@@ -15,6 +15,11 @@ filled corners), resized to ``size x size`` (see ``_rotated_views``).
 Resampling: ``Image.BILINEAR`` (Pillow's bilinear is a proper antialiasing triangle filter when
 downscaling) with ``reducing_gap=RESAMPLE_REDUCING_GAP`` (a fast integer box reduction first when the
 image is much larger than the target).
+
+A model may bring its own recipe instead (Hugging Face checkpoints do, in their image-processor config):
+``fit_image`` applies it as transformers' PIL image processors do (a named Pillow filter, no box
+pre-reduction; the shorter side to ``resize`` and a centre crop, or the whole image to ``size x size``), and
+the views are then taken from that ``size x size`` image.
 """
 
 from __future__ import annotations
@@ -37,14 +42,27 @@ ROTATION_DEGREES: float = 5.0
 
 _CROP_FRACTION = 2.0 / 3.0
 
+#: Pillow filters by the names a model's recipe may use (``Preprocessing.resample``).
+RESAMPLE_FILTERS: dict[str, Image.Resampling] = {
+    "nearest": Image.Resampling.NEAREST,
+    "box": Image.Resampling.BOX,
+    "bilinear": Image.Resampling.BILINEAR,
+    "hamming": Image.Resampling.HAMMING,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 
-def views_min_size(size: int, augment: Augment) -> int:
+
+def views_min_size(size: int, augment: Augment, resample: str = "") -> int | None:
     """Decode resolution (both sides) at which every view of ``augment`` keeps full detail at ``size``.
 
     "none"/"flip": ``size``; "paper": ``ceil(size * 3 / 2)`` because the crops span 2/3 of each side
-    (the rotated views need less: ``size / 0.92`` at 5 degrees for a square image).
+    (the rotated views need less: ``size / 0.92`` at 5 degrees for a square image). None (decode at full
+    resolution) with a ``resample`` filter: a model's own recipe, which must see the pixels transformers sees.
     """
     _check_augment(augment)
+    if resample:  # a model's own recipe starts from the full image, as transformers decodes it
+        return None
     if augment == "paper":
         return math.ceil(size / _CROP_FRACTION - 1e-9)
     return int(size)
@@ -120,11 +138,35 @@ def _rotated_views(im: Image.Image, degrees: Sequence[float], size: int) -> list
     return views
 
 
-def make_views(image: Image.Image, size: int, augment: Augment = "none") -> np.ndarray:
+def fit_image(image: Image.Image, size: int, resize: int = 0, resample: str = "bilinear") -> Image.Image:
+    """A model's own recipe, as transformers' PIL image processors apply it: with ``resize`` the shorter side
+    becomes ``resize`` pixels (the longer one ``int(resize * long / short)``), then the centre ``size x size``
+    is cut out; without it the whole image is resized to ``size x size``. ``resample`` names the Pillow filter.
+    """
+    if resample not in RESAMPLE_FILTERS:
+        raise ValueError(f"unknown resample {resample!r}; choose from {sorted(RESAMPLE_FILTERS)}")
+    if resize and resize < size:
+        raise ValueError(f"cannot crop {size} px from an image resized to {resize} px")
+    width, height = image.size
+    if not resize:
+        new = (size, size)
+    elif width <= height:
+        new = (resize, int(resize * height / width))
+    else:
+        new = (int(resize * width / height), resize)
+    fitted = image.resize(new, RESAMPLE_FILTERS[resample])
+    left, top = (new[0] - size) // 2, (new[1] - size) // 2
+    return fitted if new == (size, size) else fitted.crop((left, top, left + size, top + size))
+
+
+def make_views(image: Image.Image, size: int, augment: Augment = "none", *, resize: int = 0,
+               resample: str = "") -> np.ndarray:
     """Views of ``image`` as a ``(V, size, size, 3)`` uint8 RGB array, V = ``VIEW_COUNTS[augment]``.
 
     "none": the whole image; "flip": + its horizontal mirror; "paper": the 16 views listed in the module
-    docstring (mirrors are views ``k + V/2``). Every view is resized to ``size x size`` as a whole.
+    docstring (mirrors are views ``k + V/2``). Every view is resized to ``size x size`` as a whole. With a
+    ``resample`` filter name (a model's own recipe, see ``fit_image``) the views are taken from
+    ``fit_image(image, size, resize, resample)``.
     """
     _check_augment(augment)
     size = int(size)
@@ -132,6 +174,8 @@ def make_views(image: Image.Image, size: int, augment: Augment = "none") -> np.n
         raise ValueError(f"size must be >= 1, got {size}")
     if image.mode != "RGB":
         image = to_rgb(image)
+    if resample:
+        image = fit_image(image, size, resize, resample)
     n = VIEW_COUNTS[augment]
     out = np.empty((n, size, size, 3), dtype=np.uint8)
     base: list[Image.Image] = [_resize(image, size)]

@@ -29,6 +29,10 @@ TORCH_INSTALL = "pip install torch==2.13.0"
 
 def ensure_onnx(spec: ModelSpec) -> Path:
     """Path of an ONNX graph that has every layer of `spec` as a graph output, built and cached if needed."""
+    if spec.source == "huggingface":
+        from offshelf.models.huggingface import ensure_hf_onnx
+
+        return ensure_hf_onnx(spec)
     source = source_file(spec)
     source_sha256 = sha256_file(source)
     if spec.source == "onnx" and source_sha256 != spec.onnx_sha256:

@@ -76,7 +76,12 @@ def list_models() -> list[ModelSpec]:
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    """The model registered as `name`; ModelError (a ValueError) names the choices."""
+    """The model registered as `name`, or the Hugging Face checkpoint `hf:PATH_OR_REPO_ID` resolved from disk
+    (see `offshelf.models.huggingface`); ModelError (a ValueError) names the choices."""
+    if name.startswith("hf:"):
+        from offshelf.models.huggingface import hf_model_spec
+
+        return hf_model_spec(name)
     try:
         return _registry[name]
     except KeyError:
@@ -94,8 +99,8 @@ def builtin_spec(name: str) -> ModelSpec:
 def resolve_spec(name: str, recorded: Mapping[str, Any] | None = None, origin: str | Path | None = None) -> ModelSpec:
     """The spec to run for features recorded as made by model `name`, described in the file `origin` as `recorded`.
 
-    A built-in name gives the registry's spec; a recorded description that disagrees with it is refused. Any
-    other name must be a user's ONNX model, whose recorded spec is data (a graph file and the sha256 it was
+    A built-in name gives the registry's spec, an `hf:` name the checkpoint's spec resolved from disk now; a
+    recorded description that disagrees with it is refused. Any other name must be a user's ONNX model, whose recorded spec is data (a graph file and the sha256 it was
     registered with, checked on every load); if it is registered in this process the two must agree.
     ModelError messages start with `origin` when it is given.
     """
@@ -108,7 +113,8 @@ def resolve_spec(name: str, recorded: Mapping[str, Any] | None = None, origin: s
         raise ModelError(f"{where}{exc}") from None
     if spec.name != name:
         raise ModelError(f"{where}features of model {name!r} carry a spec recorded as {spec.name!r}; refusing it")
-    known = _registry.get(name)
+    # a Hugging Face checkpoint is resolved from disk now (its weights' sha256 checked against the name)
+    known = get_model_spec(name) if name.startswith("hf:") else _registry.get(name)
     if known is None and spec.source != "onnx":
         raise ModelError(f"{where}model {name!r} is not built in, and only a user ONNX model (source 'onnx') can be "
                          f"described by a file; refusing its recorded {spec.source!r} spec")
@@ -118,7 +124,7 @@ def resolve_spec(name: str, recorded: Mapping[str, Any] | None = None, origin: s
     if known is not None:
         differ = [field for field in _COMPARED_FIELDS if getattr(spec, field) != getattr(known, field)]
         if differ:
-            kind = "built-in" if name in _BUILTIN else "registered"
+            kind = "built-in" if name in _BUILTIN else "checkpoint's" if name.startswith("hf:") else "registered"
             raise ModelError(f"{where}model {name!r}: the spec recorded with these features differs from the {kind} "
                              f"one in {', '.join(differ)}; refusing it (edited, or made by another installation)")
         return known

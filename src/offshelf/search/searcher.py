@@ -10,12 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from offshelf.errors import OffshelfError
 from offshelf.extract import Embedder
 from offshelf.store import MANIFEST, FeatureStore
+
+if TYPE_CHECKING:
+    from offshelf.models.text import TextEncoder
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class Searcher:
         self.index = saved or build_index(vectors, ids, "flat", identity=self.store.config.identity())
         self._threads = threads
         self._embedder: Embedder | None = None
+        self._text_encoder: TextEncoder | None = None
 
     @property
     def embedder(self) -> Embedder:
@@ -61,6 +66,28 @@ class Searcher:
         if self._embedder is None:
             self._embedder = Embedder(self.store.config, threads=self._threads, origin=self.store.root / MANIFEST)
         return self._embedder
+
+    @property
+    def text_problem(self) -> str | None:
+        """Why text queries cannot search this store (None when they can: a CLIP-type model's image embeddings)."""
+        from offshelf.models.huggingface import text_problem
+
+        return text_problem(self.store.config.model_spec, self.store.config.layer)
+
+    @property
+    def has_text(self) -> bool:
+        """Whether `search_text` works on this store."""
+        return self.text_problem is None
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        """The store's model's text tower, loaded on first use; OffshelfError if it has none."""
+        if self._text_encoder is None:
+            from offshelf.models.text import store_text_encoder
+
+            self._text_encoder = store_text_encoder(self.store.config.model_spec, self.store.config.layer,
+                                                    threads=self._threads)
+        return self._text_encoder
 
     def __len__(self) -> int:
         return len(self._path_of)
@@ -84,7 +111,16 @@ class Searcher:
         """Embed image files as queries and search; ImageDecodeError if a query cannot be read."""
         return self.search_vectors(self.embedder.embed_files(paths), k)
 
+    def search_text(self, texts: Sequence[str], k: int = 10) -> list[list[Hit]]:
+        """Embed texts with the model's text tower and search (CLIP-type models; see `has_text`)."""
+        return self.search_vectors(self.text_encoder.encode(texts), k)
+
 
 def search(query: str | Path, store: str | Path, k: int = 10) -> list[Hit]:
     """The `k` stored images most similar to the image file `query`, best first."""
     return Searcher(store).search_files([query], k)[0]
+
+
+def search_text(text: str, store: str | Path, k: int = 10) -> list[Hit]:
+    """The `k` stored images that best match `text`, best first (a store of a CLIP-type model's image embeddings)."""
+    return Searcher(store).search_text([text], k)[0]
