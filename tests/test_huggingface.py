@@ -29,6 +29,7 @@ from offshelf.models import get_model_spec
 from offshelf.models.huggingface import image_preprocessing, split_name
 from offshelf.search import Searcher
 from offshelf.store import FeatureStore
+from offshelf.store.feature_store import write_manifest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 CLASSES = ["cat", "dog", "car"]
@@ -232,9 +233,9 @@ def test_a_tampered_manifest_is_refused(stores: dict[str, Path], photos: list[Pa
     store = shutil.copytree(stores["vit"], tmp_path / "store")
     manifest = json.loads((store / "manifest.json").read_text())
     manifest["model_spec"]["preprocessing"]["mean"] = [0.0, 0.0, 0.0]
-    (store / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(store, manifest)  # forged with a valid checksum: the recorded spec must still be refused
     code, _, err = cli(capsys, "search", str(photos[0]), "--store", str(store))
-    assert code == 2 and "does not match its checkpoint" in err
+    assert code == 2 and "differs from the checkpoint's one in preprocessing" in err
 
 
 def test_a_repo_id_resolves_from_the_local_cache(checkpoints: dict[str, Path], photos: list[Path], tmp_path: Path,

@@ -24,8 +24,9 @@ import pytest
 import offshelf
 from offshelf.cli import main
 from offshelf.extract import Embedder, make_config
-from offshelf.models import ModelError, ModelSpec, get_model_spec, load_backbone, register_model, resolve_spec
+from offshelf.models import ModelError, get_model_spec, load_backbone, register_model, resolve_spec
 from offshelf.store import FeatureStore
+from offshelf.store.feature_store import write_manifest
 from tests.test_models import tiny_onnx, tiny_spec  # noqa: F401 - the tiny ONNX graph fixture
 
 SRC_DIR = str(Path(offshelf.__file__).resolve().parents[1])
@@ -75,7 +76,7 @@ def tampered(store: Path, tmp_path: Path, edit: dict) -> Path:
     spec = manifest["model_spec"]
     for key, value in edit.items():
         spec[key] = {**spec[key], **value} if isinstance(value, dict) else value
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(copy, manifest)  # a forged manifest with a valid checksum: the spec must still be refused
     return copy
 
 

@@ -24,6 +24,7 @@ from offshelf.index import build_store_index, check_store_index, load_store_inde
 from offshelf.io import atomic_write_json
 from offshelf.search import Searcher
 from offshelf.store import FeatureStore, FileState, StoreConfig, check_store, compact, path_id
+from offshelf.store.feature_store import write_manifest
 from offshelf.store.journal import JOURNAL, STAGING
 from offshelf.store.marker import MARKER_KIND
 from offshelf.store.shards import write_shard
@@ -191,10 +192,13 @@ def test_store_errors_exit_2_naming_the_file(tmp_path: Path, photos: list[Path],
     other = tmp_path / "t"
     add_rows(FeatureStore.open_or_create(other, CONFIG), ["/a.jpg"], seed=1)
     manifest = json.loads((other / "manifest.json").read_text())
-    (other / "manifest.json").write_text(json.dumps({**manifest, "dim": DIM + 1}))
+    content = {k: v for k, v in manifest.items() if k != "sha256"}
+    write_manifest(other, {**content, "dim": DIM + 1})  # well-formed and checksummed, but the wrong dim
     one_line_error(offshelf("info", "--store", other), "damaged shard", str(other / "shards"))
-    (other / "manifest.json").write_text(json.dumps({**manifest, "dim": "sixteen"}))
+    write_manifest(other, {**content, "dim": "sixteen"})
     one_line_error(offshelf("info", "--store", other), str(other / "manifest.json"), "dim")
+    (other / "manifest.json").write_text(json.dumps({**manifest, "layer": "stage5"}))  # edited, checksum not
+    one_line_error(offshelf("info", "--store", other), str(other / "manifest.json"), "damaged manifest")
 
 
 # -- offshelf check ------------------------------------------------------------------------------------------

@@ -20,9 +20,7 @@ from offshelf.models import (
     load_backbone,
     register_model,
 )
-from offshelf.index import check_store_index
 from offshelf.models.text import TextEncoder, load_text_encoder
-from offshelf.probe.zeroshot import zero_shot_labels
 from offshelf.search import Hit, Searcher, search, search_text
 from offshelf.store import FeatureStore, StoreConfig, check_store, compact
 
@@ -45,7 +43,6 @@ __all__ = [
     "TextEncoder",
     "__version__",
     "check_store",
-    "check_store_index",
     "compact",
     "decode_image",
     "embed",
@@ -59,5 +56,4 @@ __all__ = [
     "register_model",
     "search",
     "search_text",
-    "zero_shot_labels",
 ]

@@ -12,10 +12,10 @@ from offshelf.images.decode import (
 from offshelf.images.find import IMAGE_EXTENSIONS, find_images
 from offshelf.images.samples import real_photos
 from offshelf.images.views import (
+    RESAMPLE_FILTERS,
     ROTATION_DEGREES,
     VIEW_COUNTS,
     Augment,
-    RESAMPLE_FILTERS,
     crop_boxes,
     fit_image,
     inscribed_scale,

@@ -48,7 +48,7 @@ from offshelf.store.shards import (
 )
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest records the sha256 of its own content; 1 (older stores): no checksum
 QUARANTINE_DIR = "quarantine"
 _SNAPSHOT_TRIES = 20
 T = TypeVar("T")
@@ -154,10 +154,28 @@ class Snapshot:
         return max((shard_seq(p) for paths in self.files.values() for p in paths), default=0)
 
 
+def _manifest_digest(data: dict[str, Any]) -> str:
+    """sha256 of a manifest's content without its own checksum, in canonical JSON."""
+    content = {k: v for k, v in data.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_manifest(root: Path, content: dict[str, Any]) -> None:
+    """Write a store's manifest atomically, with the sha256 of its content (damage is caught on open; the
+    checksum is no signature: every field is still checked, and a model spec is never trusted, see
+    `offshelf.models.resolve_spec`)."""
+    atomic_write_json(root / MANIFEST, {**content, "sha256": _manifest_digest(content)})
+
+
 def _check_manifest(data: Any, manifest: Path) -> StoreConfig:
-    """The config a manifest describes; StoreError naming the file and the field if it is malformed."""
+    """The config a manifest describes; StoreError naming the file and the field if it is malformed or damaged."""
     if not isinstance(data, dict):
         raise StoreError(f"unreadable manifest {manifest}: not a JSON object")
+    version = data.get("format")
+    if type(version) is not int or version not in (1, FORMAT_VERSION):
+        raise StoreError(f"unreadable manifest {manifest}: format {version!r} is not one this version reads")
+    if version == FORMAT_VERSION and data.get("sha256") != _manifest_digest(data):
+        raise StoreError(f"damaged manifest {manifest}: its content does not match the sha256 it recorded")
     missing = [k for k in (*IDENTITY_FIELDS, "model_spec") if k not in data]
     if missing:
         raise StoreError(f"unreadable manifest {manifest}: missing {', '.join(missing)}")
@@ -209,10 +227,7 @@ class FeatureStore:
                            "features with {found} (use another --store)")
             return store
         store = cls(root, config)
-        atomic_write_json(
-            store.root / MANIFEST,
-            {"format": FORMAT_VERSION, "offshelf_version": __version__, **asdict(config)},
-        )
+        write_manifest(store.root, {"format": FORMAT_VERSION, "offshelf_version": __version__, **asdict(config)})
         return store
 
     # -- writing ---------------------------------------------------------------------------------
