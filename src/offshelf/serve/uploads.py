@@ -27,13 +27,16 @@ def sniff_extension(data: bytes) -> str:
 def upload_name(sha256: str, extension: str, name: str | None = None) -> str:
     """A server-made file name: the content's sha256 (hex) prefix, then the client's name in safe letters.
 
-    The client's name can never choose a folder or hide the extension: every character other than letters,
-    digits, `.`, `_` and `-` becomes `-`, leading dots are dropped, and the length is capped.
+    The client's name can never choose a folder or the extension: only its last path component is kept, without
+    its extension; every character other than letters, digits, `.`, `_` and `-` becomes `-`, leading and trailing
+    dots and dashes are dropped, and the length is capped.
     """
     digest = sha256[:16]
     stem = ""
     if name:
-        stem = _UNSAFE.sub("-", name.rsplit(".", 1)[0] if "." in name else name).strip("-.")[:NAME_CHARS]
+        base = re.split(r"[\\/]", name)[-1]  # the last component only: a client never names a folder
+        base = base.rsplit(".", 1)[0] if "." in base[1:] else base
+        stem = _UNSAFE.sub("-", base).strip("-.")[:NAME_CHARS]
     return f"{digest}-{stem}.{extension}" if stem else f"{digest}.{extension}"
 
 

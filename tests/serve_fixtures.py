@@ -1,0 +1,115 @@
+"""Fixtures of the service tests: a store of the real photos (embedded once per session), copies of it,
+edited copies of a photo as queries, and an app or a server on a loopback port."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from offshelf.extract import embed
+from offshelf.images.copies import central_crop
+from offshelf.store import FeatureStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def photo_store(tmp_path_factory: pytest.TempPathFactory, photos: list[Path]) -> Path:
+    """A store of the real photos (copied into a folder of their own), embedded once; tests copy it."""
+    folder = tmp_path_factory.mktemp("serve-photos")
+    for photo in photos:
+        shutil.copy(photo, folder / photo.name)
+    store = folder.parent / (folder.name + "-store")
+    embed([folder], store, progress=False)
+    return store
+
+
+@pytest.fixture
+def store_copy(tmp_path: Path, photo_store: Path) -> Path:
+    """A private copy of the photo store (its items still point at the shared photo folder)."""
+    return Path(shutil.copytree(photo_store, tmp_path / "store"))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def edited_copy(path: str | Path) -> bytes:
+    """A 70 % central crop of a photo, as PNG bytes: a query whose original should come first."""
+    with Image.open(path) as opened:
+        return png_bytes(central_crop(opened.convert("RGB"), 0.7))
+
+
+def store_files(store: Path) -> dict[str, bytes]:
+    """Every file of a store (and its index and uploads) with its bytes: to show a request changed nothing."""
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def exact_top(store: Path, query: np.ndarray, k: int) -> tuple[list[int], np.ndarray]:
+    """The reference: ids and cosine scores of the k nearest stored vectors, by numpy brute force."""
+    ids, _, vectors = FeatureStore.open(store).vectors()
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    scores = unit @ (query / np.linalg.norm(query))
+    order = np.argsort(-scores, kind="stable")[:k]
+    return ids[order].tolist(), scores[order]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    """`offshelf serve` in a subprocess on a loopback port; `url` ends with a slash."""
+
+    def __init__(self, store: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), **(env or {})}
+        command = [sys.executable, "-m", "offshelf.cli", "serve", "--store", str(store), "--port", str(self.port),
+                   "--json", *args]
+        self.process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True)
+        self.announced = self.process.stdout.readline()  # type: ignore[union-attr]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.process.stderr.read()  # type: ignore[union-attr]
+            try:
+                if httpx.get(self.url + "readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise AssertionError("the server did not become ready within 120 s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def live_server(store_copy: Path) -> Iterator[LiveServer]:
+    server = LiveServer(store_copy, "--max-batch", "8", "--max-wait-ms", "20")
+    yield server
+    server.stop()
