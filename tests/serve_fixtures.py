@@ -108,8 +108,15 @@ class LiveServer:
             self.process.wait()
 
 
-@pytest.fixture
-def live_server(store_copy: Path) -> Iterator[LiveServer]:
-    server = LiveServer(store_copy, "--max-batch", "8", "--max-wait-ms", "20")
+@pytest.fixture(scope="module")
+def live_store(tmp_path_factory: pytest.TempPathFactory, photo_store: Path) -> Path:
+    """A copy of the photo store for one module's server (its tests may add items)."""
+    return Path(shutil.copytree(photo_store, tmp_path_factory.mktemp("live") / "store"))
+
+
+@pytest.fixture(scope="module")
+def live_server(live_store: Path) -> Iterator[LiveServer]:
+    """One `offshelf serve` per module (starting one loads the model: seconds)."""
+    server = LiveServer(live_store, "--max-batch", "8", "--max-wait-ms", "20")
     yield server
     server.stop()

@@ -53,7 +53,7 @@ function show(answer) {
     link.title = `Search by ${hit.path}`;
     link.dataset.id = hit.id;
     const img = document.createElement("img");
-    img.loading = "lazy";
+    img.loading = hit.rank <= 24 ? "eager" : "lazy";  // the first screenful at once, the rest as scrolled to
     img.alt = hit.path.split("/").pop();
     img.src = `/v1/items/${hit.id}/thumbnail`;
     const meta = document.createElement("div");
@@ -61,7 +61,14 @@ function show(answer) {
     meta.innerHTML = `<span class="score"></span> <span class="rank"></span><div class="path"></div>`;
     meta.querySelector(".score").textContent = hit.score.toFixed(3);
     meta.querySelector(".rank").textContent = `#${hit.rank}`;
-    meta.querySelector(".path").textContent = hit.path;
+    const cut = hit.path.lastIndexOf("/") + 1;  // the folder muted, the file name plain; together the full path
+    const folder = document.createElement("span");
+    folder.className = "dir";
+    folder.textContent = hit.path.slice(0, cut);
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = hit.path.slice(cut);
+    meta.querySelector(".path").append(folder, name);
     link.append(img, meta);
     link.addEventListener("click", (event) => {
       event.preventDefault();
