@@ -4,25 +4,18 @@ edited copies of a photo as queries, and an app or a server on a loopback port."
 from __future__ import annotations
 
 import io
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.harness.serve_process import ServerProcess
 from offshelf.extract import embed
 from offshelf.images.copies import central_crop
 from offshelf.store import FeatureStore
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -69,45 +62,6 @@ def exact_top(store: Path, query: np.ndarray, k: int) -> tuple[list[int], np.nda
     return ids[order].tolist(), scores[order]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class LiveServer:
-    """`offshelf serve` in a subprocess on a loopback port; `url` ends with a slash."""
-
-    def __init__(self, store: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), **(env or {})}
-        command = [sys.executable, "-m", "offshelf.cli", "serve", "--store", str(store), "--port", str(self.port),
-                   "--json", *args]
-        self.process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True)
-        self.announced = self.process.stdout.readline()  # type: ignore[union-attr]
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.process.stderr.read()  # type: ignore[union-attr]
-            try:
-                if httpx.get(self.url + "readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError("the server did not become ready within 120 s")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 @pytest.fixture(scope="module")
 def live_store(tmp_path_factory: pytest.TempPathFactory, photo_store: Path) -> Path:
     """A copy of the photo store for one module's server (its tests may add items)."""
@@ -115,8 +69,8 @@ def live_store(tmp_path_factory: pytest.TempPathFactory, photo_store: Path) -> P
 
 
 @pytest.fixture(scope="module")
-def live_server(live_store: Path) -> Iterator[LiveServer]:
+def live_server(live_store: Path) -> Iterator[ServerProcess]:
     """One `offshelf serve` per module (starting one loads the model: seconds)."""
-    server = LiveServer(live_store, "--max-batch", "8", "--max-wait-ms", "20")
+    server = ServerProcess(live_store, "--max-batch", "8", "--max-wait-ms", "20")
     yield server
     server.stop()

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from offshelf.store import FeatureStore
+from benchmarks.harness.serve_process import ServerProcess
 from tests.serve_fixtures import (  # noqa: F401
-    LiveServer,
     edited_copy,
     live_server,
     live_store,
@@ -39,7 +39,7 @@ def _metric(text: str, name: str) -> float:
     return float(match.group(1))
 
 
-def test_cli_announces_the_server_and_concurrent_images_are_batched(live_server: LiveServer,
+def test_cli_announces_the_server_and_concurrent_images_are_batched(live_server: ServerProcess,
                                                                     live_store: Path) -> None:
     announced = json.loads(live_server.announced)
     assert announced["url"] == live_server.url and announced["items"] == len(FeatureStore.open(live_store))
@@ -60,7 +60,7 @@ def test_cli_announces_the_server_and_concurrent_images_are_batched(live_server:
     assert batches < len(answers), "concurrent images should share model batches"
 
 
-def test_writes_during_searches_are_safe(live_server: LiveServer, live_store: Path, photos: list[Path]) -> None:
+def test_writes_during_searches_are_safe(live_server: ServerProcess, live_store: Path, photos: list[Path]) -> None:
     uploads = [png_bytes(Image.open(photos[i]).convert("RGB").resize((160 + 8 * i, 120))) for i in range(4)]
     store = FeatureStore.open(live_store)
     some_id, items_before = int(store.vectors()[0][0]), len(store)
@@ -82,7 +82,7 @@ def test_writes_during_searches_are_safe(live_server: LiveServer, live_store: Pa
         assert hit["hits"][0]["id"] == answer.json()["id"]
 
 
-def test_the_page_finds_an_edited_photo_and_searches_by_a_result(live_server: LiveServer, live_store: Path,
+def test_the_page_finds_an_edited_photo_and_searches_by_a_result(live_server: ServerProcess, live_store: Path,
                                                                   tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
