@@ -268,3 +268,28 @@ def test_page_and_openapi_are_served(client: TestClient) -> None:
     assert {"/v1/search", "/v1/embed", "/v1/classify", "/v1/items", "/v1/items/{item_id}",
             "/v1/items/{item_id}/thumbnail", "/v1/stats", "/healthz", "/readyz", "/metrics"} <= set(paths)
     assert client.get("/docs").status_code == 200
+
+
+def test_the_batcher_fills_batches_up_to_max_batch_and_returns_each_requests_own_vector(
+        store_copy: Path, photos: list[Path]) -> None:
+    import asyncio
+
+    from offshelf.serve import DynamicBatcher
+
+    embedder = Embedder(FeatureStore.open(store_copy).config)
+    sizes: list[int] = []
+    waits: list[float] = []
+
+    async def run() -> list[np.ndarray]:
+        batcher = DynamicBatcher(lambda: embedder, max_batch=4, max_wait_ms=500, max_pixels=10**8, workers=2,
+                                 observe=lambda size, w, _: (sizes.append(size), waits.extend(w)))
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.embed(p.read_bytes()) for p in photos[:6]))
+        finally:
+            await batcher.close()
+
+    vectors = asyncio.run(run())
+    assert sorted(sizes, reverse=True) == [4, 2] and len(waits) == 6
+    assert max(waits) >= 0.45  # the last, unfilled batch waited for max_wait_ms before it ran
+    np.testing.assert_allclose(np.stack(vectors), embedder.embed_files(photos[:6]), atol=1e-5)
