@@ -53,7 +53,6 @@ class Service:
         self.searcher = Searcher(config.store, threads=config.threads)
         self.store = self.searcher.store
         ids, _, vectors = self.store.vectors()
-        self._ids0, self._vectors0 = ids, vectors
         self._vector_of: dict[int, np.ndarray] = dict(zip(ids.tolist(), vectors))
         self.uploads = self.store.root.resolve() / UPLOADS_DIR
         self.probe: LinearProbe | None = None
@@ -153,18 +152,20 @@ class Service:
         return data
 
     def recall(self) -> dict[str, Any]:
-        """The index's recall against exact search, measured once on a sample of the store's vectors."""
+        """The index's recall against exact search on a sample of the items it holds now (measured again only
+        after items were added or removed)."""
         with self._recall_lock:
-            if self._recall is None:
+            if self._recall is None or self._recall["items"] != len(self):
                 from offshelf.index import measure_recall
 
-                if len(self._ids0) < 2:
-                    self._recall = {"recall_at_1": None, "recall_at_10": None, "sample": 0}
-                else:
-                    sample = min(RECALL_SAMPLE, len(self._ids0))
-                    measured = measure_recall(self.searcher.index, self._vectors0, self._ids0, sample=sample)
-                    self._recall = {"recall_at_1": measured["recall_at_1"], "recall_at_10": measured["recall_at_10"],
-                                    "sample": sample}
+                with self._write_lock:  # a consistent copy of the vectors searched
+                    ids = np.fromiter(self._vector_of, np.int64, len(self._vector_of))
+                    vectors = np.stack(list(self._vector_of.values())) if len(ids) else None
+                measured: dict[str, Any] = {"recall_at_1": None, "recall_at_10": None}
+                if len(ids) >= 2:
+                    measured = measure_recall(self.searcher.index, vectors, ids, sample=min(RECALL_SAMPLE, len(ids)))
+                self._recall = {"recall_at_1": measured["recall_at_1"], "recall_at_10": measured["recall_at_10"],
+                                "sample": min(RECALL_SAMPLE, len(ids)), "items": len(ids)}
             return self._recall
 
     def stats(self) -> dict[str, Any]:
