@@ -19,7 +19,8 @@ Server runs. For each mode, a fresh server: batching on (`--max-batch 16 --max-w
 (`--max-batch 1`). A warm-up (32 image and 100 id queries), then a fixed, bounded load (the run stops by
 itself): image queries, each photo uploaded once (`POST /v1/search`, multipart, k=10) by `--concurrency`
 (default 16) clients; then `--id-requests` (default 2,000) id queries (`POST /v1/search` with JSON
-`{"id", "k": 10}`, ids drawn uniformly from the store with seed 0) by 8 clients. Latency is per request as the
+`{"id", "k": 10}`, ids drawn uniformly from the store with seed 0) by 8 clients, and `--id-requests` / 4 by one
+client (latency without queueing: a client waits for its answer before it asks again). Latency is per request as the
 client sees it; requests/s = requests / wall seconds of the whole load. The server's /metrics give the mean
 model batch size. Every status is counted; any 5xx is reported.
 
@@ -60,6 +61,9 @@ ID_CLIENTS = 8
 GOAL_ID_P99_MS = 50.0
 GOAL_VS_OFFLINE = 0.7
 GOAL_VS_UNBATCHED = 2.0
+
+KINDS = {"image_queries": "image queries", "id_queries_serial": "id queries, 1 client",
+         "id_queries": f"id queries, {ID_CLIENTS} clients"}
 
 Request = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
 
@@ -165,26 +169,31 @@ def measure_server(store: Path, mode: str, uploads: list[bytes], ids: list[int],
         images["images_per_s"] = images["requests_per_s"]
         log(f"    {mode}: image queries {images['requests_per_s']:.1f}/s, p99 {images['p99_ms']:.0f} ms, "
             f"mean batch {images['mean_batch_size']:.1f}")
+        serial = run_load(server.url, [id_query(rng.choice(ids)) for _ in range(id_requests // 4)], 1)
         by_id = run_load(server.url, [id_query(rng.choice(ids)) for _ in range(id_requests)], ID_CLIENTS)
-        log(f"    {mode}: id queries {by_id['requests_per_s']:.0f}/s, p50 {by_id['p50_ms']:.1f} ms, "
-            f"p99 {by_id['p99_ms']:.1f} ms")
+        for name, run in (("one client", serial), (f"{ID_CLIENTS} clients", by_id)):
+            log(f"    {mode}: id queries, {name}: {run['requests_per_s']:.0f}/s, p50 {run['p50_ms']:.1f} ms, "
+                f"p99 {run['p99_ms']:.1f} ms")
         stats = httpx.get(server.url + "v1/stats", timeout=300).json()
     finally:
         server.stop()
-    return {"mode": mode, "server_args": list(MODES[mode]), "image_queries": images, "id_queries": by_id,
-            "stats": stats}
+    return {"mode": mode, "server_args": list(MODES[mode]), "image_queries": images, "id_queries_serial": serial,
+            "id_queries": by_id, "stats": stats}
 
 
 # -- report ----------------------------------------------------------------------------------------------
 def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     on, off = result["server"]["batching on"], result["server"]["batching off"]
     offline = result["offline_images_per_s"]
-    worst_p99 = max(run["id_queries"]["p99_ms"] for run in result["server"].values())
-    errors = sum(run[kind]["server_errors"] for run in result["server"].values() for kind in ("image_queries", "id_queries"))
+    serial_p99 = max(run["id_queries_serial"]["p99_ms"] for run in result["server"].values())
+    loaded_p99 = max(run["id_queries"]["p99_ms"] for run in result["server"].values())
+    errors = sum(run[kind]["server_errors"] for run in result["server"].values() for kind in KINDS)
     batched = on["image_queries"]["images_per_s"]
     return [
-        {"goal": f"id-query p99 < {GOAL_ID_P99_MS:.0f} ms at {result['items']:,} items", "value": worst_p99,
-         "met": worst_p99 < GOAL_ID_P99_MS, "unit": "ms"},
+        {"goal": f"id-query p99 < {GOAL_ID_P99_MS:.0f} ms at {result['items']:,} items, one client",
+         "value": serial_p99, "met": serial_p99 < GOAL_ID_P99_MS, "unit": "ms"},
+        {"goal": f"id-query p99 < {GOAL_ID_P99_MS:.0f} ms at {result['items']:,} items, {ID_CLIENTS} clients",
+         "value": loaded_p99, "met": loaded_p99 < GOAL_ID_P99_MS, "unit": "ms"},
         {"goal": f"image queries with batching >= {GOAL_VS_OFFLINE}x the offline pipeline",
          "value": batched / offline, "met": batched / offline >= GOAL_VS_OFFLINE, "unit": "x"},
         {"goal": f"image queries with batching >= {GOAL_VS_UNBATCHED}x batching off",
@@ -207,10 +216,10 @@ def markdown(result: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for mode, run in result["server"].items():
-        for kind in ("image_queries", "id_queries"):
+        for kind in KINDS:
             r = run[kind]
             batch = f"{r['mean_batch_size']:.1f}" if "mean_batch_size" in r else ""
-            lines.append(f"| {kind.replace('_', ' ')}, {mode} | {r['requests']} | {r['concurrency']} | "
+            lines.append(f"| {KINDS[kind]}, {mode} | {r['requests']} | {r['concurrency']} | "
                          f"{r['requests_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
                          f"{batch} | {r['foreign_cpu_share']:.0%} |")
     lines += ["", "| offline pipeline (offshelf.embed, same photos) | images/s | other processes' CPU |",
@@ -243,12 +252,12 @@ def chart(result: dict[str, Any], path: Path) -> None:
     left.set_ylabel("images / s")
     left.set_title("image throughput")
     left.legend(loc="upper right", fontsize=8)
-    groups = [(mode, kind) for mode in ("batching on", "batching off") for kind in ("id_queries", "image_queries")]
+    groups = [(mode, kind) for mode in ("batching on", "batching off") for kind in KINDS]
     x = np.arange(len(groups))
     for j, (q, colour) in enumerate([("p50_ms", "#90caf9"), ("p95_ms", "#1e88e5"), ("p99_ms", "#0d47a1")]):
         values = [result["server"][mode][kind][q] for mode, kind in groups]
         right.bar(x + (j - 1) * 0.27, values, 0.27, label=q.replace("_ms", ""), color=colour)
-    right.set_xticks(x, [f"{kind.split('_')[0]} queries\n{mode}" for mode, kind in groups], fontsize=8)
+    right.set_xticks(x, [f"{KINDS[kind]}\n{mode}" for mode, kind in groups], fontsize=7, rotation=20)
     right.set_yscale("log")
     right.set_ylabel("latency, ms (log)")
     right.axhline(GOAL_ID_P99_MS, color="#b3261e", linestyle="--", linewidth=1, label="id p99 goal")
