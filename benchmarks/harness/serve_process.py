@@ -50,6 +50,14 @@ class ServerProcess:
         self.stop()
         raise RuntimeError(f"offshelf serve was not ready within {timeout:.0f} s")
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (user + system, from /proc; 0 where there is none)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.process.terminate()
         try:

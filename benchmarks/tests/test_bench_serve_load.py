@@ -9,7 +9,7 @@ from benchmarks.serve_load import KINDS, chart, goals, markdown
 
 def _run(rate: float, p99: float, errors: int = 0) -> dict:
     return {"requests": 100, "concurrency": 16, "requests_per_s": rate, "images_per_s": rate, "p50_ms": p99 / 3,
-            "p95_ms": p99 / 2, "p99_ms": p99, "server_errors": errors, "foreign_cpu_share": 0.1, "mean_batch_size": 4.0}
+            "p95_ms": p99 / 2, "p99_ms": p99, "server_errors": errors, "foreign_cpu_share": 0.1, "server_cpu_share": 0.5, "client_cpu_share": 0.2, "mean_batch_size": 4.0}
 
 
 def _result(on_rate: float, off_rate: float, offline: float, serial_p99: float, errors: int = 0) -> dict:
