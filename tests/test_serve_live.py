@@ -150,3 +150,30 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(store_copy: Path, monk
 
             check()
     assert failures == []
+
+
+def test_demo_serve_serves_the_demo_store_and_opens_the_page(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from benchmarks.harness.serve_process import ROOT, free_port
+
+    port, opened = free_port(), tmp_path / "opened.txt"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+           "BROWSER": f"sh -c 'echo %s > {opened}'"}  # the "browser" writes down the address it was given
+    command = [sys.executable, "-m", "offshelf.cli", "demo", "--store", str(tmp_path / "demo"), "--quiet", "--serve",
+               "--port", str(port)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (opened.is_file() and opened.read_text().strip()) and time.monotonic() < deadline:
+            assert process.poll() is None, process.stderr.read()  # type: ignore[union-attr]
+            time.sleep(0.3)
+        url = f"http://127.0.0.1:{port}/"
+        assert opened.read_text().strip() == url
+        assert "offshelf search" in httpx.get(url).text
+        assert httpx.get(url + "v1/stats").json()["items"] == len(FeatureStore.open(tmp_path / "demo"))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
