@@ -307,7 +307,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
     right.set_ylabel("latency, ms (log)")
     right.axhline(GOAL_ID_P99_MS, color="#b3261e", linestyle="--", linewidth=1, label="id p99 goal")
     right.set_title(f"latency at {result['items']:,} items")
-    right.legend(fontsize=8)
+    right.legend(fontsize=8, loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
