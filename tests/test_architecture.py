@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"offshelf.extract", "offshelf.index"},
     {"offshelf.search", "offshelf.probe", "offshelf.baselines"},
     {"offshelf.upgrade", "offshelf.evaluate", "offshelf.demo"},
-    {"offshelf.cli"},
+    {"offshelf.cli", "offshelf.serve"},
 ]
 
 

@@ -35,7 +35,6 @@ class Hit:
         return asdict(self)
 
 
-
 class Searcher:
     """Searches one store. Build once, query many times; `search_*` are safe to call from several threads."""
 
@@ -103,9 +102,29 @@ class Searcher:
         results = []
         for row_scores, row_ids in zip(scores, found):
             # ids the store no longer holds (an index not yet updated) are dropped, never shown
-            live = [(int(i), float(s)) for s, i in zip(row_scores, row_ids) if i >= 0 and int(i) in self._path_of]
-            results.append([Hit(rank, i, self._path_of[i], s) for rank, (i, s) in enumerate(live, start=1)])
+            live = [(int(i), self._path_of.get(int(i)), float(s)) for s, i in zip(row_scores, row_ids) if i >= 0]
+            found_live = [(i, p, s) for i, p, s in live if p is not None]
+            results.append([Hit(rank, i, p, s) for rank, (i, p, s) in enumerate(found_live, start=1)])
         return results
+
+    def path(self, item_id: int) -> str | None:
+        """The stored path of `item_id`, None if the searcher does not hold it."""
+        return self._path_of.get(int(item_id))
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray, paths: Sequence[str]) -> None:
+        """Make items just committed to the store searchable (an id already held is replaced).
+
+        Only this searcher's in-memory index changes (under its writer lock); the caller commits the store and
+        its saved index. Searches running meanwhile see the items either entirely or not at all."""
+        self.index.add(vectors, ids)
+        self._path_of.update(zip(np.asarray(ids).tolist(), paths))
+
+    def remove(self, ids: Sequence[int]) -> int:
+        """Stop returning items just removed from the store; returns how many were held."""
+        removed = self.index.remove(np.asarray(ids, np.int64))
+        for item_id in ids:
+            self._path_of.pop(int(item_id), None)
+        return removed
 
     def search_files(self, paths: Sequence[str | Path], k: int = 10) -> list[list[Hit]]:
         """Embed image files as queries and search; ImageDecodeError if a query cannot be read."""

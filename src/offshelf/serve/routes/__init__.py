@@ -1,0 +1,1 @@
+"""One router per resource: search, embed, classify, items, operations (health, metrics, stats), the page."""
