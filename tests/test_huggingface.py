@@ -309,3 +309,30 @@ def test_image_processor_configs() -> None:
     with pytest.raises(OffshelfError, match="a centre crop larger than the resized image"):
         image_preprocessing({**base, "size": {"shortest_edge": 200}, "do_center_crop": True,
                              "crop_size": {"height": 224, "width": 224}}, "clip")
+
+
+def test_text_search_over_http_matches_torch_and_refuses_stores_without_a_text_tower(
+        stores: dict[str, Path], checkpoints: dict[str, Path], photos: list[Path]) -> None:
+    """`POST /v1/search {"text": ...}` ranks like torch; a store whose model has no text tower answers 400 with
+    the reason, and `/v1/stats` says which stores take text (the page shows its text box from it)."""
+    from fastapi.testclient import TestClient
+
+    from offshelf.serve.app import create_app
+    from offshelf.serve.config import ServeConfig
+
+    text = "a photo of a cat"
+    images = torch_image_features(checkpoints["clip"], "clip", photos)
+    scores = cosine(torch_text_features(checkpoints["clip"], "clip", [text]), images)[0]
+    expected = {str(p.resolve()): s for p, s in zip(photos, scores)}
+    with TestClient(create_app(ServeConfig(store=stores["clip"]))) as client:
+        assert client.get("/v1/stats").json()["text"] is True
+        answer = client.post("/v1/search", json={"text": text, "k": 4})
+        assert answer.status_code == 200, answer.text
+        hits = answer.json()["hits"]
+        assert [h["path"] for h in hits] == sorted(expected, key=expected.get, reverse=True)[:4]
+        assert max(abs(h["score"] - expected[h["path"]]) for h in hits) <= 1e-3
+        assert client.post("/v1/search", json={"text": "", "k": 4}).status_code == 422
+    with TestClient(create_app(ServeConfig(store=stores["vit"]))) as client:
+        assert client.get("/v1/stats").json()["text"] is False
+        refused = client.post("/v1/search", json={"text": text})
+        assert refused.status_code == 400 and "has no text tower" in refused.json()["detail"]

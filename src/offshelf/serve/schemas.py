@@ -21,6 +21,11 @@ class IdSearch(SearchOptions):
     id: int = Field(ge=0, le=MAX_ID, description=ID_DESCRIPTION)
 
 
+class TextSearch(SearchOptions):
+    text: str = Field(min_length=1, max_length=1000, description="a description of the images to find "
+                      "(stores of a CLIP-type model's image embeddings; see GET /v1/stats `text`)")
+
+
 class HitOut(BaseModel):
     rank: int
     id: int

@@ -98,6 +98,13 @@ class Service:
             raise ItemNotFound(f"no item with id {item_id} in the store")
         return vector
 
+    def text_vector(self, text: str) -> np.ndarray:
+        """A text query embedded by the store's model's text tower; OffshelfError (HTTP 400) if it has none."""
+        problem = self.searcher.text_problem
+        if problem is not None:
+            raise OffshelfError(f"this store cannot be searched by text: {problem}")
+        return self.searcher.text_encoder.encode([text])[0]
+
     def search(self, vector: np.ndarray, k: int, min_score: float | None = None, prefix: str | None = None
                ) -> list[Hit]:
         """The `k` best items, best first, keeping those scoring at least `min_score` under path `prefix`.
@@ -177,6 +184,7 @@ class Service:
             "batching": {"max_batch": self.config.max_batch, "max_wait_ms": self.config.max_wait_ms},
             "probe": None if self.probe is None else [str(c) for c in self.probe.classes_],
             "model_loaded": self.embedder is not None, "writes_need_key": self.config.api_key is not None,
+            "text": self.searcher.has_text,
         }
 
     # -- writing -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from offshelf.serve.deps import ServiceDep, get_batcher, read_image
 from offshelf.serve.errors import describe_validation
-from offshelf.serve.schemas import ERRORS, IdSearch, SearchOptions, SearchOut
+from offshelf.serve.schemas import ERRORS, IdSearch, SearchOptions, SearchOut, TextSearch
 
 router = APIRouter(tags=["search"])
 
@@ -25,7 +25,7 @@ _BODY: dict[str, Any] = {
         "multipart/form-data": {"schema": {
             "type": "object", "required": ["image"],
             "properties": {"image": {"type": "string", "format": "binary"}, **_FORM_FIELDS}}},
-        "application/json": {"schema": IdSearch.model_json_schema()},
+        "application/json": {"schema": {"oneOf": [IdSearch.model_json_schema(), TextSearch.model_json_schema()]}},
     },
 }
 
@@ -41,7 +41,8 @@ def _options(model: type[SearchOptions], values: Any) -> SearchOptions:
              summary="Search by an uploaded image or by a stored item")
 async def search(request: Request, service: ServiceDep) -> SearchOut:
     """Multipart: a file part `image` and optional fields `k`, `min_score`, `prefix`. JSON: `{"id": ID, "k": K,
-    "min_score": S, "prefix": P}`, the neighbours of a stored item (itself first). Hits are best first."""
+    "min_score": S, "prefix": P}`, the neighbours of a stored item (itself first), or `{"text": "...", ...}`
+    for a store of a CLIP-type model's image embeddings. Hits are best first."""
     started = time.perf_counter()
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
@@ -59,9 +60,14 @@ async def search(request: Request, service: ServiceDep) -> SearchOut:
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError):
             raise HTTPException(400, "the body is not valid JSON") from None
-        options = _options(IdSearch, body)
-        vector = service.vector_of(options.id)  # type: ignore[attr-defined]
-        query = {"id": options.id}  # type: ignore[attr-defined]
+        if isinstance(body, dict) and "text" in body and "id" not in body:
+            text_options = _options(TextSearch, body)
+            vector = await run_in_threadpool(service.text_vector, text_options.text)
+            options, query = text_options, {"text": text_options.text}
+        else:
+            id_options = _options(IdSearch, body)
+            vector = service.vector_of(id_options.id)
+            options, query = id_options, {"id": id_options.id}
     else:
         raise HTTPException(415, "send multipart/form-data with an image part, or application/json with an id")
     hits = await run_in_threadpool(service.search, vector, options.k, options.min_score, options.prefix)

@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { image: null, id: null, last: null };
+const state = { image: null, id: null, text: null, last: null };
 
 function options() {
   const out = { k: $("k").value || "24" };
@@ -28,6 +28,7 @@ async function explain(response) {
 function writeUrl(push) {
   const params = new URLSearchParams();
   if (state.id !== null) params.set("id", state.id);
+  if (state.text !== null) params.set("text", state.text);
   for (const [key, value] of Object.entries(options())) params.set(key, value);
   const url = `${location.pathname}?${params}`;
   if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
@@ -39,6 +40,8 @@ function readUrl() {
   $("min-score").value = params.get("min_score") || "";
   $("prefix").value = params.get("prefix") || "";
   state.id = params.has("id") ? params.get("id") : null;
+  state.text = params.has("text") ? params.get("text") : null;
+  if (state.text !== null) $("text").value = state.text;
 }
 
 function show(answer) {
@@ -97,8 +100,22 @@ async function run(request) {
   }
 }
 
+function searchByText(text, push) {
+  if (!text.trim()) { setStatus("Type what the images should show.", true); return; }
+  state.text = text;
+  state.id = null;
+  state.image = null;
+  $("preview").hidden = true;
+  writeUrl(push);
+  const body = { text, ...options() };
+  body.k = Number(body.k);
+  if (body.min_score !== undefined) body.min_score = Number(body.min_score);
+  return run({ method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+}
+
 function searchById(id, push) {
   state.id = id;
+  state.text = null;
   state.image = null;
   $("preview").src = `/v1/items/${id}/thumbnail`;
   $("preview").hidden = false;
@@ -114,6 +131,7 @@ function searchByImage(file) {
   if (!file.type.startsWith("image/") && file.type !== "") { setStatus(`${file.name} is not an image.`, true); return; }
   state.image = file;
   state.id = null;
+  state.text = null;
   $("preview").src = URL.createObjectURL(file);
   $("preview").hidden = false;
   writeUrl(true);
@@ -126,6 +144,7 @@ function searchByImage(file) {
 function rerun() {
   if (state.image) searchByImage(state.image);
   else if (state.id !== null) searchById(state.id, false);
+  else if (state.text !== null) searchByText(state.text, false);
   else writeUrl(false);
 }
 
@@ -135,6 +154,7 @@ async function loadStats() {
     if (!response.ok) { $("stats").textContent = await explain(response); return; }
     const s = await response.json();
     $("stats").textContent = `${s.items.toLocaleString()} images · ${s.model} ${s.layer}/${s.pool} · ${s.index.kind} index`;
+    $("text-query").hidden = !s.text;  // a text box only when the store's model has a text tower
   } catch (error) {
     $("stats").textContent = "Cannot reach the server.";
   }
@@ -150,6 +170,7 @@ document.addEventListener("paste", (event) => {
   const file = [...(event.clipboardData?.files || [])].find((f) => f.type.startsWith("image/"));
   if (file) searchByImage(file);
 });
+$("text-query").addEventListener("submit", (event) => { event.preventDefault(); searchByText($("text").value, true); });
 $("options").addEventListener("change", rerun);
 $("options").addEventListener("submit", (event) => { event.preventDefault(); rerun(); });
 $("download").addEventListener("click", () => {
@@ -159,8 +180,13 @@ $("download").addEventListener("click", () => {
   link.download = "offshelf-results.json";
   link.click();
 });
-window.addEventListener("popstate", () => { readUrl(); if (state.id !== null) searchById(state.id, false); });
+window.addEventListener("popstate", () => {
+  readUrl();
+  if (state.id !== null) searchById(state.id, false);
+  else if (state.text !== null) searchByText(state.text, false);
+});
 
 readUrl();
 loadStats();
 if (state.id !== null) searchById(state.id, false);
+else if (state.text !== null) searchByText(state.text, false);
