@@ -11,12 +11,12 @@ import sys
 from collections.abc import Sequence
 
 from offshelf._version import __version__
-from offshelf.cli import demo, embed, evaluate, index, probe, search, store, upgrade
+from offshelf.cli import dedup, demo, embed, evaluate, index, probe, search, store, upgrade
 from offshelf.cli.common import EXIT_INTERNAL, EXIT_USAGE
 from offshelf.errors import OffshelfError
 from offshelf.images import ImageDecodeError
 
-COMMAND_GROUPS = (embed, search, index, upgrade, store, probe, evaluate, demo)
+COMMAND_GROUPS = (embed, search, index, upgrade, store, probe, evaluate, dedup, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
