@@ -105,7 +105,7 @@ def make_copies(paths: list[str], embed_images: Any, seed: int = 0) -> tuple[np.
             image = decode_image(read_file(path).data)
         except (ImageDecodeError, OSError):
             continue
-        copies = [edit.apply(image, f"{path}/{key}") for key, edit in edits]
+        copies = [edit.apply(image, f"{Path(path).name}/{key}") for key, edit in edits]  # same pixels wherever the folder is
         vectors.append(embed_images(copies))
         owners += [i] * len(copies)
         keys += [key for key, _ in edits]
@@ -114,24 +114,24 @@ def make_copies(paths: list[str], embed_images: Any, seed: int = 0) -> tuple[np.
     return np.concatenate(vectors), np.asarray(owners), keys
 
 
-def precision_threshold(positives: np.ndarray, negatives: np.ndarray, target: float) -> tuple[float, float, float, bool]:
-    """`(threshold, precision, recall, reached)`: the lowest threshold above which precision stays >= target
-    at every higher threshold; if none does, the one of highest precision (ties: highest recall)."""
+def precision_threshold(positives: np.ndarray, negatives: np.ndarray, n_negative: int, observed: np.ndarray,
+                        n_observed: int, target: float) -> tuple[float, float, float, bool]:
+    """`(threshold, precision, recall, reached)` for `target` precision, estimated as an empirical false
+    discovery rate: of the `observed` pair scores of the collection (a sample of `n_observed` pairs), about
+    `n_observed * FPR(t)` are false, where FPR(t) is the share of the `n_negative` different-image pairs whose
+    score (the high ones are `negatives`) reaches t. Recall is the share of copy pairs (`positives`) above t.
+    The threshold is the lowest at which the estimated precision holds there and at every higher score; if
+    none does, the one of highest precision."""
     if not len(positives):
         raise OffshelfError("no copy pairs to calibrate on")
     candidates = np.unique(positives)[::-1]  # descending
-    pos_sorted, neg_sorted = np.sort(positives), np.sort(negatives)
-    tp = len(pos_sorted) - np.searchsorted(pos_sorted, candidates, side="left")
-    fp = len(neg_sorted) - np.searchsorted(neg_sorted, candidates, side="left")
-    precision = tp / (tp + fp)
-    ok = np.minimum.accumulate(precision) >= target  # precision at this and every higher candidate
-    if ok.any():
-        i = int(np.flatnonzero(ok)[-1])
-        reached = True
-    else:
-        i = int(np.flatnonzero(precision == precision.max())[-1])
-        reached = False
-    return float(candidates[i]), float(precision[i]), float(tp[i] / len(positives)), reached
+    above = lambda sorted_scores, t: len(sorted_scores) - np.searchsorted(sorted_scores, t, side="left")  # noqa: E731
+    tp = above(np.sort(positives), candidates)
+    false = above(np.sort(negatives), candidates) / max(n_negative, 1) * n_observed
+    precision = 1.0 - false / np.maximum(above(np.sort(observed), candidates), 1)
+    ok = np.minimum.accumulate(precision) >= target
+    i = int(np.flatnonzero(ok)[-1]) if ok.any() else int(np.flatnonzero(precision == precision.max())[-1])
+    return float(candidates[i]), float(max(precision[i], 0.0)), float(tp[i] / len(positives)), bool(ok.any())
 
 
 def score_space(store_x: np.ndarray, copies_x: np.ndarray, owners: np.ndarray, sample_rows: np.ndarray,
@@ -148,9 +148,13 @@ def score_space(store_x: np.ndarray, copies_x: np.ndarray, owners: np.ndarray, s
     duplicate_bar = float(np.quantile(positives, DUPLICATE_QUANTILE))
     different = (rows >= 0) & (rows != sample_rows[owners][:, None]) & (to_original < duplicate_bar)
     negatives = scores[different]
-    threshold, precision, recall, reached = precision_threshold(positives, negatives, target)
+    own_scores, own_rows = index.search(store_x[sample_rows], depth)  # the sampled items' own pairs
+    observed = own_scores[(own_rows >= 0) & (own_rows != sample_rows[:, None])]
+    n_negative = len(copies_x) * (len(store_x) - 1)
+    threshold, precision, recall, reached = precision_threshold(
+        positives, negatives, n_negative, observed, len(sample_rows) * (len(store_x) - 1), target)
     return {"threshold": threshold, "precision": precision, "recall": recall, "reached": reached,
-            "n_negatives": int(len(copies_x) * (len(store_x) - 1)), "positives": positives}
+            "n_negatives": n_negative}
 
 
 def calibrate(vectors: np.ndarray, paths: list[str], embed_images: Any, identity: dict[str, Any], *,

@@ -8,6 +8,7 @@ C together through B unless A ~ C too.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,6 +37,13 @@ def _pixels(path: str) -> int:
         return 0
 
 
+def _mtime(path: str, stored: int) -> int:
+    try:
+        return os.stat(path).st_mtime_ns  # the file's own time now (a store keeps the time it first embedded)
+    except OSError:
+        return int(stored)
+
+
 def keep_order(rows: np.ndarray, paths: Sequence[str], sizes: np.ndarray, mtimes: np.ndarray, policy: str) -> np.ndarray:
     """`rows` sorted best-to-keep first under `policy`: largest (pixels, then bytes), oldest or newest (file
     modification time), first (path order); ties broken by path."""
@@ -46,10 +54,9 @@ def keep_order(rows: np.ndarray, paths: Sequence[str], sizes: np.ndarray, mtimes
     if policy == "largest":
         pixels = np.array([_pixels(paths[r]) for r in rows], np.int64)
         keys: tuple[np.ndarray, ...] = (names, -sizes[rows], -pixels)
-    elif policy == "oldest":
-        keys = (names, mtimes[rows])
-    elif policy == "newest":
-        keys = (names, -mtimes[rows])
+    elif policy in ("oldest", "newest"):
+        times = np.array([_mtime(paths[r], mtimes[r]) for r in rows], np.int64)
+        keys = (names, times if policy == "oldest" else -times)
     else:
         keys = (names,)
     return rows[np.lexsort(keys)]
