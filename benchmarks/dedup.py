@@ -34,6 +34,10 @@ from offshelf.images.copies import blur, colour_change, jpeg_bytes, rescale, rot
 from offshelf.io import atomic_write_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# The synthetic vectors (fitted to clip art and Fashion-MNIST) are far denser than photos: at the photos'
+# calibrated threshold (~0.59) a fifth of all 5e9 pairs match and the run runs out of memory; 0.9 keeps the pair
+# count near what a photo collection has, so the time is that of the search, not of storing billions of pairs.
+TIME_THRESHOLD = 0.9
 LONG_SIDE = 1024
 EDITS: dict[str, Any] = {
     "blur": ("gaussian radius 0.5 % of the long side", lambda im: blur(im, 0.005)),
@@ -108,10 +112,10 @@ def hash_results(files: list[Path], truth: set[tuple[int, int]], kind: np.ndarra
     return out
 
 
-def time_100k(threshold: float) -> dict[str, Any]:
+def time_100k(threshold: float = TIME_THRESHOLD) -> dict[str, Any]:
     from benchmarks.harness.synthetic import realistic_vectors
 
-    x = np.ascontiguousarray(realistic_vectors(100_000, seed=0), dtype=np.float32)
+    x = np.array(realistic_vectors(100_000, seed=0), dtype=np.float32)  # a writable copy of the memory map
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     start = time.perf_counter()
     a, _, _ = exact_pairs(x, threshold)
@@ -122,7 +126,16 @@ def time_100k(threshold: float) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-100k", action="store_true")
+    parser.add_argument("--only-100k", action="store_true", help="re-time 100,000 vectors into the saved results")
     args = parser.parse_args(argv)
+    if args.only_100k:
+        import json
+
+        result = json.loads((RESULTS / "dedup.json").read_text()) | {"time_100k": time_100k()}
+        write_json(RESULTS / "dedup.json", result)
+        (RESULTS / "dedup.md").write_text(markdown(result))
+        print(markdown(result))
+        return 0
     files, group, kind = build_collection()
     truth = {(a, b) for a in range(len(files)) for b in range(a + 1, len(files)) if group[a] == group[b]}
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                            "scores": offshelf},
               "hashes": hash_results(files, truth, kind)}
     if not args.skip_100k:
-        result["time_100k"] = time_100k(report.threshold)
+        result["time_100k"] = time_100k()
     RESULTS.mkdir(exist_ok=True)
     write_json(RESULTS / "dedup.json", result)
     (RESULTS / "dedup.md").write_text(markdown(result))
