@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"offshelf.store"},
     {"offshelf.extract", "offshelf.index"},
     {"offshelf.search", "offshelf.probe", "offshelf.baselines"},
-    {"offshelf.upgrade", "offshelf.evaluate", "offshelf.demo"},
+    {"offshelf.upgrade", "offshelf.evaluate", "offshelf.demo", "offshelf.dedup"},
     {"offshelf.cli", "offshelf.serve"},
 ]
 

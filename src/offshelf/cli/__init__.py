@@ -11,12 +11,12 @@ import sys
 from collections.abc import Sequence
 
 from offshelf._version import __version__
-from offshelf.cli import demo, embed, evaluate, index, maintenance, probe, search, serve, store, upgrade
+from offshelf.cli import dedup, demo, embed, evaluate, index, maintenance, probe, search, serve, store, upgrade
 from offshelf.cli.common import EXIT_INTERNAL, EXIT_USAGE
 from offshelf.errors import OffshelfError
 from offshelf.images import ImageDecodeError
 
-COMMAND_GROUPS = (embed, search, index, upgrade, store, maintenance, probe, evaluate, demo, serve)
+COMMAND_GROUPS = (embed, search, index, upgrade, store, maintenance, probe, evaluate, dedup, demo, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,102 @@
+"""Every pair of items whose similarity reaches a threshold, by range search: never an n x n matrix.
+
+Exact: FAISS `range_search` on a flat inner-product index, queries in chunks, so memory grows with the pairs
+found, not with n squared. Approximate, for large collections: the store's ANN index (`offshelf.index`) gives
+candidates by nearest-neighbour search, deepened (k doubled) for the items whose k-th candidate still reaches
+the threshold, and every candidate is re-scored exactly in the calibrated space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from offshelf.index import VectorIndex
+
+QUERY_CHUNK = 2048
+FIRST_DEPTH = 16
+MAX_DEPTH = 1024
+
+Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]  # rows a, rows b (a < b), scores; float32
+
+
+def _keep(a: np.ndarray, b: np.ndarray, s: np.ndarray, is_query: np.ndarray | None) -> Pairs:
+    """Pairs as (lower row, higher row, score). With `is_query`, each unordered pair once: an exact search finds
+    a pair of two queries from both sides, so keep a < b, or b not a query (only a's side found it)."""
+    keep = a != b
+    if is_query is not None:
+        keep &= (a < b) | ~is_query[b]
+    a, b, s = a[keep], b[keep], s[keep]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    return lo.astype(np.int64), hi.astype(np.int64), s.astype(np.float32)
+
+
+def exact_pairs(x: np.ndarray, threshold: float, queries: np.ndarray | None = None, progress: bool = False) -> Pairs:
+    """Pairs of rows of `x` (unit rows, float32) with inner product >= threshold; with `queries` (row numbers),
+    only pairs involving at least one of them."""
+    rows = np.arange(len(x)) if queries is None else np.asarray(queries, np.int64)
+    is_query = np.zeros(len(x), bool)
+    is_query[rows] = True
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    found: list[Pairs] = []
+    with tqdm(total=len(rows), unit="img", disable=not progress, desc="pairs") as bar:
+        for start in range(0, len(rows), QUERY_CHUNK):
+            chunk = rows[start : start + QUERY_CHUNK]
+            lims, scores, hits = index.range_search(x[chunk], float(threshold))
+            owners = np.repeat(chunk, np.diff(lims).astype(np.int64))
+            found.append(_keep(owners, hits.astype(np.int64), scores, is_query))
+            bar.update(len(chunk))
+    return _concat(found)
+
+
+def index_pairs(index: VectorIndex, ids: np.ndarray, raw: np.ndarray, x: np.ndarray, threshold: float,
+                queries: np.ndarray | None = None, progress: bool = False) -> Pairs:
+    """Approximate `exact_pairs` through an ANN `index` over the raw vectors `raw` (item ids `ids`); candidates
+    are re-scored with `x` (the calibrated space). Rows whose deepest candidate still reaches the threshold
+    are searched again with twice the depth, up to MAX_DEPTH."""
+    rows = np.arange(len(x)) if queries is None else np.asarray(queries, np.int64)
+    row_of = _row_lookup(ids)
+    found: list[Pairs] = []
+    todo, depth = rows, FIRST_DEPTH
+    with tqdm(total=len(rows), unit="img", disable=not progress, desc="pairs (index)") as bar:
+        while len(todo):
+            deeper = []
+            for start in range(0, len(todo), QUERY_CHUNK):
+                chunk = todo[start : start + QUERY_CHUNK]
+                _, hit_ids = index.search(raw[chunk], depth)
+                hits = row_of(hit_ids)
+                exact = np.einsum("qkd,qd->qk", x[np.maximum(hits, 0)], x[chunk])
+                valid = hits >= 0
+                reached = valid & (exact >= threshold)
+                owners = np.broadcast_to(chunk[:, None], hits.shape)
+                found.append(_keep(owners[reached], hits[reached], exact[reached], None))
+                full = reached[:, -1] if depth < min(MAX_DEPTH, len(x)) else np.zeros(len(chunk), bool)
+                deeper.append(chunk[full])
+                bar.update(int((~full).sum()))
+            todo, depth = np.concatenate(deeper), depth * 2
+    a, b, s = _concat(found)
+    if not len(a):
+        return a, b, s
+    _, first = np.unique(a * len(x) + b, return_index=True)  # deeper passes find pairs again
+    return a[first], b[first], s[first]
+
+
+def _row_lookup(ids: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    order = np.argsort(ids)
+    sorted_ids = ids[order]
+
+    def lookup(hit_ids: np.ndarray) -> np.ndarray:
+        pos = np.clip(np.searchsorted(sorted_ids, hit_ids), 0, len(ids) - 1)
+        return np.where((hit_ids >= 0) & (sorted_ids[pos] == hit_ids), order[pos], -1)
+
+    return lookup
+
+
+def _concat(parts: list[Pairs]) -> Pairs:
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
