@@ -21,6 +21,7 @@ from offshelf.probe.estimator import save_probe
 from offshelf.search import Searcher
 from offshelf.serve import ServeConfig, create_app
 from offshelf.store import FeatureStore, path_id
+from offshelf.store.feature_store import write_manifest
 from tests.serve_fixtures import edited_copy, exact_top, photo_store, png_bytes, store_copy, store_files  # noqa: F401
 
 Client = Callable[..., TestClient]
@@ -224,7 +225,7 @@ def test_a_model_that_fails_to_load_gives_503_not_500_and_id_search_still_works(
     manifest = store_copy / "manifest.json"
     data = json.loads(manifest.read_text())
     data["model_spec"] = {**data["model_spec"], "name": "no-such-model", "source": {"kind": "no-such-source"}}
-    manifest.write_text(json.dumps(data))
+    write_manifest(store_copy, {k: v for k, v in data.items() if k != "sha256"})  # well-formed, checksummed
     with running(store_copy) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["reason"].startswith("model failed to load")
