@@ -22,7 +22,7 @@ from benchmarks.harness.concurrency import Pool, add_items, run_concurrency
 from benchmarks.harness.killpoints import build_kill_data, count_writes, kill_cases, run_kill_point, seeded_kill_points
 
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_CASES = ("embed", "embed-indexed", "index-build", "index-save", "align", "upgrade")
+DEFAULT_CASES = ("embed", "embed-indexed", "index-build", "index-save", "align", "upgrade", "compact")
 
 
 def kill_figures(work: Path, cases: list[str], seeds: int) -> dict[str, Any]:
