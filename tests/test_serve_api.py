@@ -294,3 +294,15 @@ def test_the_batcher_fills_batches_up_to_max_batch_and_returns_each_requests_own
     assert sorted(sizes, reverse=True) == [4, 2] and len(waits) == 6
     assert max(waits) >= 0.45  # the last, unfilled batch waited for max_wait_ms before it ran
     np.testing.assert_allclose(np.stack(vectors), embedder.embed_files(photos[:6]), atol=1e-5)
+
+
+def test_serve_without_the_serve_extra_is_a_clear_usage_error(store_copy: Path) -> None:
+    """Without FastAPI installed (simulated: the import is blocked), `offshelf serve` exits 2 naming the extra."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['fastapi'] = None; from offshelf.cli import main; "
+            f"sys.exit(main(['serve', '--store', {str(store_copy)!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "offshelf: error: offshelf serve needs fastapi: pip install 'offshelf[serve]'"

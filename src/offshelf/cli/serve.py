@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from offshelf.cli.common import EXIT_OK, Subparsers, add_command, positive_int
+from offshelf.errors import OffshelfError
 from offshelf.images import DEFAULT_MAX_PIXELS
 
 
@@ -41,7 +42,10 @@ def _open_when_up(url: str, timeout: float = 120.0) -> None:
 
 def run_server(args: argparse.Namespace, store: Path, *, open_page: bool = False) -> int:
     """Serve `store` with the options of `add_serve_options` (blocks until interrupted)."""
-    from offshelf.serve import ServeConfig, serve
+    try:
+        from offshelf.serve import ServeConfig, serve
+    except ModuleNotFoundError as exc:  # the serve extra is optional
+        raise OffshelfError(f"offshelf serve needs {exc.name}: pip install 'offshelf[serve]'") from None
 
     config = ServeConfig(store=store, probe=args.probe, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                          workers=args.workers, threads=args.threads, max_upload_bytes=args.max_upload_mb * 2**20,
