@@ -199,3 +199,24 @@ def test_groups_do_not_chain_and_precision_threshold() -> None:
     assert (t, round(p, 3), r, reached) == (0.9, 1.0, 0.25, True)
     with pytest.raises(OffshelfError, match="no copy pairs"):
         precision_threshold(np.array([]), negatives, 100, observed, 50, 0.9)
+
+
+def test_exact_pairs_keep_each_items_closest_partners_up_to_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At a threshold where every item matches every other, memory stays bounded: each item keeps its MAX_DEPTH
+    closest partners (compared with numpy brute force), never all n - 1."""
+    from offshelf.dedup import pairs
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 8)).astype(np.float32) + 6.0  # all alike: cosine > 0.5 everywhere
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    monkeypatch.setattr(pairs, "MAX_DEPTH", 10)
+    a, b, s = pairs.exact_pairs(x, 0.5)
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    assert sims[np.isfinite(sims)].min() > 0.5  # every pair reaches the threshold
+    expected = set()
+    for i in range(len(x)):
+        for j in np.argsort(-sims[i])[:10]:
+            expected.add((min(i, int(j)), max(i, int(j))))
+    assert set(zip(a.tolist(), b.tolist())) == expected
+    np.testing.assert_allclose(s, sims[a, b], atol=1e-5)

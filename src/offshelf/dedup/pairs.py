@@ -1,7 +1,8 @@
 """Every pair of items whose similarity reaches a threshold, by range search: never an n x n matrix.
 
 Exact: FAISS `range_search` on a flat inner-product index, queries in chunks, so memory grows with the pairs
-found, not with n squared. Approximate, for large collections: the store's ANN index (`offshelf.index`) gives
+found, not with n squared. Both searches keep at most MAX_DEPTH partners per item (its closest), so a collection
+where most items are alike at a low threshold cannot exhaust memory: a group of more than MAX_DEPTH copies is cut. Approximate, for large collections: the store's ANN index (`offshelf.index`) gives
 candidates by nearest-neighbour search, deepened (k doubled) for the items whose k-th candidate still reaches
 the threshold, and every candidate is re-scored exactly in the calibrated space.
 """
@@ -17,18 +18,16 @@ from tqdm import tqdm
 from offshelf.index import VectorIndex
 
 QUERY_CHUNK = 2048
+RANGE_CHUNK = 256  # queries per range search: bounds its result buffer at 256 x n pairs
 FIRST_DEPTH = 16
 MAX_DEPTH = 1024
 
 Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]  # rows a, rows b (a < b), scores; float32
 
 
-def _keep(a: np.ndarray, b: np.ndarray, s: np.ndarray, is_query: np.ndarray | None) -> Pairs:
-    """Pairs as (lower row, higher row, score). With `is_query`, each unordered pair once: an exact search finds
-    a pair of two queries from both sides, so keep a < b, or b not a query (only a's side found it)."""
+def _keep(a: np.ndarray, b: np.ndarray, s: np.ndarray) -> Pairs:
+    """Pairs of two different rows as (lower row, higher row, score); `_unique_pairs` then keeps each once."""
     keep = a != b
-    if is_query is not None:
-        keep &= (a < b) | ~is_query[b]
     a, b, s = a[keep], b[keep], s[keep]
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     return lo.astype(np.int64), hi.astype(np.int64), s.astype(np.float32)
@@ -38,19 +37,29 @@ def exact_pairs(x: np.ndarray, threshold: float, queries: np.ndarray | None = No
     """Pairs of rows of `x` (unit rows, float32) with inner product >= threshold; with `queries` (row numbers),
     only pairs involving at least one of them."""
     rows = np.arange(len(x)) if queries is None else np.asarray(queries, np.int64)
-    is_query = np.zeros(len(x), bool)
-    is_query[rows] = True
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
     found: list[Pairs] = []
     with tqdm(total=len(rows), unit="img", disable=not progress, desc="pairs") as bar:
-        for start in range(0, len(rows), QUERY_CHUNK):
-            chunk = rows[start : start + QUERY_CHUNK]
+        for start in range(0, len(rows), RANGE_CHUNK):
+            chunk = rows[start : start + RANGE_CHUNK]
             lims, scores, hits = index.range_search(x[chunk], float(threshold))
-            owners = np.repeat(chunk, np.diff(lims).astype(np.int64))
-            found.append(_keep(owners, hits.astype(np.int64), scores, is_query))
+            best = _closest_per_query(lims, scores, MAX_DEPTH + 1)  # + the item itself
+            owners = np.repeat(chunk, np.diff(lims).astype(np.int64))[best]
+            found.append(_keep(owners, hits[best].astype(np.int64), scores[best]))
             bar.update(len(chunk))
-    return _concat(found)
+    return _unique_pairs(_concat(found), len(x))
+
+
+def _closest_per_query(lims: np.ndarray, scores: np.ndarray, cap: int) -> np.ndarray | slice:
+    """Positions of each query's `cap` best results in a range-search answer (all of them when none has more)."""
+    counts = np.diff(lims).astype(np.int64)
+    if counts.max(initial=0) <= cap:
+        return slice(None)
+    owner = np.repeat(np.arange(len(counts)), counts)
+    order = np.lexsort((-scores, owner))  # by query, then best first; each query's results stay in its segment
+    rank = np.arange(len(order)) - np.repeat(lims[:-1].astype(np.int64), counts)
+    return np.sort(order[rank < cap])
 
 
 def index_pairs(index: VectorIndex, ids: np.ndarray, raw: np.ndarray, x: np.ndarray, threshold: float,
@@ -73,15 +82,20 @@ def index_pairs(index: VectorIndex, ids: np.ndarray, raw: np.ndarray, x: np.ndar
                 valid = hits >= 0
                 reached = valid & (exact >= threshold)
                 owners = np.broadcast_to(chunk[:, None], hits.shape)
-                found.append(_keep(owners[reached], hits[reached], exact[reached], None))
+                found.append(_keep(owners[reached], hits[reached], exact[reached]))
                 full = reached[:, -1] if depth < min(MAX_DEPTH, len(x)) else np.zeros(len(chunk), bool)
                 deeper.append(chunk[full])
                 bar.update(int((~full).sum()))
             todo, depth = np.concatenate(deeper), depth * 2
-    a, b, s = _concat(found)
+    return _unique_pairs(_concat(found), len(x))  # deeper passes find pairs again
+
+
+def _unique_pairs(pairs: Pairs, n: int) -> Pairs:
+    """Each pair once (a search finds a pair from both of its items' sides, or again from a deeper pass)."""
+    a, b, s = pairs
     if not len(a):
         return a, b, s
-    _, first = np.unique(a * len(x) + b, return_index=True)  # deeper passes find pairs again
+    _, first = np.unique(a * n + b, return_index=True)
     return a[first], b[first], s[first]
 
 
