@@ -13,7 +13,7 @@ import webbrowser
 from pathlib import Path
 from typing import Any
 
-from offshelf.cli.common import EXIT_OK, Subparsers, add_command, positive_int
+from offshelf.cli.common import EXIT_OK, Subparsers, add_command, non_negative_float, positive_int
 from offshelf.errors import OffshelfError
 from offshelf.images import DEFAULT_MAX_PIXELS
 
@@ -74,7 +74,7 @@ def add_serve_options(p: argparse.ArgumentParser, *, json_option: bool = True) -
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--probe", type=Path, default=None, metavar="PROBE_DIR", help="a probe for /v1/classify")
     p.add_argument("--max-batch", type=positive_int, default=16, help="images per model batch at most (1: no batching)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill at most")
+    p.add_argument("--max-wait-ms", type=non_negative_float, default=5.0, help="how long a batch waits to fill at most")
     p.add_argument("--workers", type=positive_int, default=None, help="decoding threads (default: the cores)")
     p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads (default: the cores)")
     p.add_argument("--max-upload-mb", type=positive_int, default=20, help="largest upload accepted (413 above)")

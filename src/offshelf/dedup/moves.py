@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from offshelf.errors import OffshelfError
+from offshelf.images import IMAGE_EXTENSIONS
 from offshelf.io import atomic_write_json
 
 LOG_KIND = "offshelf-dedup-moves"
@@ -67,8 +68,11 @@ def restore(log: Path) -> dict[str, Any]:
     folder = log.resolve().parent
     todo, already = [], 0
     for source, dest in moves:
-        if not _inside(dest.resolve(), folder):
-            raise OffshelfError(f"move log {log} names {dest}, outside its folder {folder}; refusing to use it")
+        # a log may only put an image back where `plan_moves` took it from: its mirror under the log's folder
+        mirrored = source.is_absolute() and ".." not in source.parts and dest == folder / source.relative_to(source.anchor)
+        if not mirrored or source.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise OffshelfError(f"move log {log} names a move {dest} -> {source} that offshelf dedup does not make "
+                                f"(an image file mirrored under {folder}); refusing to use it")
         if dest.exists() and source.exists():
             raise OffshelfError(f"cannot restore {dest}: {source} exists again; move one of them away first")
         if dest.exists():

@@ -29,6 +29,7 @@ from offshelf.errors import OffshelfError
 from offshelf.index._rwlock import RWLock
 from offshelf.io import atomic_write_bytes, atomic_write_json, exclusive_lock, remove_stale_tmp_files
 from offshelf.io.bundles import arrays_from_bytes, arrays_to_bytes
+from offshelf.store.identity import check_identity
 from offshelf.transforms import pipeline_from_bundle, pipeline_to_bundle
 
 FORMAT = 1
@@ -66,10 +67,6 @@ def digests(vectors: np.ndarray) -> np.ndarray:
     rows = np.ascontiguousarray(vectors, dtype=np.float32)
     raw = b"".join(hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in rows)
     return np.frombuffer(raw, dtype=np.int64).copy()
-
-
-def describe_identity(identity: dict[str, Any] | None) -> str:
-    return ", ".join(f"{k}={v}" for k, v in identity.items()) if identity else "unspecified features"
 
 
 def _projection(pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray] | None:
@@ -346,9 +343,8 @@ class VectorIndex:
 
     def check_identity(self, identity: dict[str, Any], where: str) -> None:
         """OffshelfError unless `identity` (model, layer, pool, augment, dim) is the one the index was built for."""
-        if self.identity != identity:
-            raise OffshelfError(f"the index holds features with {describe_identity(self.identity)} but {where} "
-                                f"has {describe_identity(identity)}; rebuild it with `offshelf index build`")
+        check_identity(identity, self.identity, f"the index holds features with {{expected}} but {where} has "
+                       "{found}; rebuild it with `offshelf index build`", OffshelfError)
 
     # -- saving ----------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:

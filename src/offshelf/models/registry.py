@@ -9,7 +9,6 @@ against the registry by `resolve_spec` and never used to locate code.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from offshelf.models.spec import Layer, ModelSpec, Preprocessing
 
 DEFAULT_MODEL = "efficientnet-lite0"
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def _efficientnet_lite(variant: int, size: int, stage_channels: tuple[int, ...]) -> ModelSpec:
@@ -141,8 +139,6 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     """
     if spec.name in _BUILTIN:
         raise ModelError(f"model {spec.name!r} is built in; register yours under another name")
-    if not _NAME.fullmatch(spec.name):
-        raise ModelError(f"model name {spec.name!r} must be letters, digits, '.', '_' or '-'")
     if spec.source != "onnx":
         raise ModelError(f"model {spec.name!r}: only source='onnx' models can be registered")
     path = Path(str(spec.onnx_path)).expanduser().resolve()

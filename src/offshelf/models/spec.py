@@ -6,6 +6,7 @@ so no call site hard-codes an input size or a mean (the timm idea of a data conf
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
@@ -16,6 +17,9 @@ from offshelf.models.errors import ModelError
 Layout = Literal["NCHW", "NHWC"]
 ChannelOrder = Literal["RGB", "BGR"]
 LayerKind = Literal["map", "vector"]
+#: What a model's name may be (it names the model's cache folder).
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
 Source = Literal["packaged-torch", "packaged-onnx", "onnx", "huggingface"]
 #: Pillow filters a model's own recipe may name (`offshelf.images.views.RESAMPLE_FILTERS` maps them).
 Resample = Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]
@@ -128,6 +132,10 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         _check_choice(f"model {self.name!r} source", self.source, Source)
+        # a name becomes a folder under $OFFSHELF_HOME/models: never a path (a checkpoint's hf: name is cached by
+        # its weights' sha256 instead)
+        if self.source != "huggingface" and not (isinstance(self.name, str) and MODEL_NAME.fullmatch(self.name)):
+            raise ModelError(f"model name {self.name!r} must be letters, digits, '.', '_' or '-'")
         names = [layer.name for layer in self.layers]
         if len(set(names)) != len(names):
             raise ModelError(f"model {self.name!r}: duplicate layer names in {names}")

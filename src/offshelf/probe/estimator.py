@@ -48,6 +48,7 @@ from offshelf.io import load_bundle, save_bundle
 from offshelf.metrics import accuracy, average_precision, confusion_matrix, mean_average_precision
 from offshelf.probe.labels import Targets, is_indicator, label_tuples, looks_multilabel
 from offshelf.store import IDENTITY_FIELDS
+from offshelf.store.identity import check_identity
 from offshelf.transforms import SignedPower, pipeline_from_bundle, pipeline_to_bundle
 
 METHODS = ("svm", "logreg")
@@ -337,18 +338,10 @@ def evaluate(probe: LinearProbe, X: np.ndarray, y: Any) -> dict[str, Any]:
 
 # -- saving ----------------------------------------------------------------------------------------
 
-def _describe(identity: Mapping[str, Any]) -> str:
-    return ", ".join(f"{name}={identity.get(name)}" for name in IDENTITY_FIELDS)
-
-
 def check_compatible(saved_identity: Mapping[str, Any], store_identity: Mapping[str, Any]) -> None:
     """Raise OffshelfError if a store's features are not the kind a probe was fitted on."""
-    differ = [name for name in IDENTITY_FIELDS if saved_identity.get(name) != store_identity.get(name)]
-    if differ:
-        raise OffshelfError(
-            f"the probe was fitted on features ({_describe(saved_identity)}) but the store holds "
-            f"({_describe(store_identity)}); they differ in {', '.join(differ)}"
-        )
+    check_identity(store_identity, saved_identity, "the probe was fitted on features ({expected}) but the store "
+                   "holds ({found}); they differ in {differ}", OffshelfError)
 
 
 def _json_param(value: Any) -> Any:

@@ -331,7 +331,8 @@ class FeatureStore:
     def high_water_mark(self) -> int:
         """The highest commit number ever used here, quarantined shards and an unfinished compaction included:
         new commits are numbered after it, so an index's record of the commits it covers stays true."""
-        quarantined = [int(p.name.split("-")[1]) for p in (self.root / QUARANTINE_DIR).glob("*-[0-9]*")]
+        quarantined = [shard_seq(Path(p.name.partition("-")[2])) for p in (self.root / QUARANTINE_DIR).glob("*-[0-9]*")
+                       if p.name.partition("-")[0] in EVENT_DIRS]
         return max(self.snapshot().seq, journal_seq(self.root), *quarantined, 0)
 
     def __len__(self) -> int:

@@ -34,12 +34,16 @@ def identity_differences(found: Mapping[str, Any] | None, expected: Mapping[str,
 
 def check_identity(found: Mapping[str, Any] | None, expected: Mapping[str, Any] | None, message: str,
                    error: type[Exception] = StoreError) -> None:
-    """Raise `error(message)` unless the two descriptions agree. `message` may use `{found}`, `{expected}`
-    (described) and `{differ}` (the differing fields)."""
+    """Raise `error(message)` unless the two descriptions agree. `message` may name `{found}`, `{expected}`
+    (described) and `{differ}` (the differing fields); nothing else in it is read as a placeholder, so a path
+    with braces in it stays as it is."""
     differ = identity_differences(found, expected)
     if differ:
-        raise error(message.format(found=describe_identity(found), expected=describe_identity(expected),
-                                   differ=", ".join(differ)))
+        values = {"{found}": describe_identity(found), "{expected}": describe_identity(expected),
+                  "{differ}": ", ".join(differ)}
+        for placeholder, value in values.items():
+            message = message.replace(placeholder, value)
+        raise error(message)
 
 
 @dataclass(frozen=True)

@@ -58,10 +58,16 @@ def finish_compaction(root: Path) -> bool:
     if journal is None:
         shutil.rmtree(staging, ignore_errors=True)
         return False
+    targets = []
     for name in journal["files"]:
         table, _, file_name = name.partition("/")
-        if table not in EVENT_DIRS or Path(file_name).name != file_name:
-            raise StoreError(f"{root / JOURNAL} names a file outside the store's tables: {name}")
+        if table not in EVENT_DIRS or Path(file_name).name != file_name or shard_seq(Path(file_name)) != journal["seq"]:
+            raise StoreError(f"{root / JOURNAL} names {name!r}, not a shard of this compaction; refusing it")
+        if not (staging / name).exists() and not (root / table / file_name).exists():
+            raise StoreError(f"{root / JOURNAL} names {name}, which is neither staged nor in place; refusing to "
+                             "delete older shards (run `offshelf check`)")
+        targets.append((name, table, file_name))
+    for name, table, file_name in targets:
         staged = staging / name
         if staged.exists():
             (root / table).mkdir(exist_ok=True)

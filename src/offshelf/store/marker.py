@@ -24,9 +24,10 @@ def read_upgrade_marker(store_dir: str | Path) -> dict[str, Any] | None:
         marker = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise OffshelfError(f"unreadable upgrade marker {path}: {exc}") from None
-    if marker.get("kind") != MARKER_KIND or "new_store" not in marker:
+    if not isinstance(marker, dict) or marker.get("kind") != MARKER_KIND or not isinstance(marker.get("new_store"), str) \
+            or not marker["new_store"]:
         raise OffshelfError(f"{path} is not an offshelf upgrade marker")
     return marker
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 from pydantic import ValidationError
+from starlette.datastructures import UploadFile
 
 from offshelf.serve.deps import ServiceDep, get_batcher, read_image
 from offshelf.serve.errors import describe_validation
