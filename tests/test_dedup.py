@@ -164,8 +164,18 @@ def test_restore_refuses_a_log_pointing_outside_its_folder(tmp_path) -> None:
     log = tmp_path / "logs" / "log.json"
     log.parent.mkdir()
     log.write_text(json.dumps({"kind": "offshelf-dedup-moves", "moves": [{"from": "/tmp/x", "to": str(victim)}]}))
-    with pytest.raises(OffshelfError, match="outside its folder"):
+    with pytest.raises(OffshelfError, match="that offshelf dedup does not make"):
         restore(log)
+    # a move inside the log's folder whose `from` is not where plan_moves would have taken it from: a handed log
+    # and folder must not be able to write a file anywhere (say, a .pth into site-packages)
+    planted = log.parent / "usr" / "lib" / "python3" / "site-packages" / "evil.pth"
+    planted.parent.mkdir(parents=True)
+    planted.write_text("import os")
+    for source in ("/usr/lib/python3/site-packages/evil.pth", str(tmp_path / "elsewhere" / "evil.jpg")):
+        log.write_text(json.dumps({"kind": "offshelf-dedup-moves", "moves": [{"from": source, "to": str(planted)}]}))
+        with pytest.raises(OffshelfError, match="that offshelf dedup does not make"):
+            restore(log)
+    assert planted.exists() and not (tmp_path / "elsewhere").exists()
     log.write_text("{}")
     with pytest.raises(OffshelfError, match="not an offshelf dedup move log"):
         restore(log)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from offshelf.store import FeatureStore
 from benchmarks.harness.serve_process import ServerProcess
+from offshelf.store import FeatureStore
 from tests.serve_fixtures import (  # noqa: F401
     edited_copy,
     live_server,

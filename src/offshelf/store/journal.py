@@ -61,7 +61,11 @@ def finish_compaction(root: Path) -> bool:
     targets = []
     for name in journal["files"]:
         table, _, file_name = name.partition("/")
-        if table not in EVENT_DIRS or Path(file_name).name != file_name or shard_seq(Path(file_name)) != journal["seq"]:
+        try:
+            ours = table in EVENT_DIRS and Path(file_name).name == file_name and shard_seq(Path(file_name)) == journal["seq"]
+        except StoreError:
+            ours = False
+        if not ours:
             raise StoreError(f"{root / JOURNAL} names {name!r}, not a shard of this compaction; refusing it")
         if not (staging / name).exists() and not (root / table / file_name).exists():
             raise StoreError(f"{root / JOURNAL} names {name}, which is neither staged nor in place; refusing to "
