@@ -76,3 +76,20 @@ def test_an_identity_error_keeps_a_path_with_braces(tmp_path: Path) -> None:
     other = StoreConfig("efficientnet-lite0", "head", "gmp", "none", DIM)
     with pytest.raises(StoreError, match=r"odd \{name\} \{\} holds features with .*pool=gap.*pool=gmp"):
         FeatureStore.open_or_create(root, other)
+
+
+def test_a_dedup_state_whose_arrays_do_not_fit_together_is_refused(tmp_path: Path) -> None:
+    from offshelf.dedup.state import RunState
+    from offshelf.errors import OffshelfError
+    from offshelf.io.bundles import arrays_to_bytes
+
+    meta = np.array(json.dumps({"threshold": 0.9, "token": "t"}))
+    good = {"meta": meta, "ids": np.arange(3), "sha256": np.array(["a", "b", "c"]), "pair_a": np.array([0]),
+            "pair_b": np.array([1]), "scores": np.array([0.95], np.float32)}
+    path = tmp_path / "state.npz"
+    path.write_bytes(arrays_to_bytes(good))
+    assert RunState.load(path).pairs_among(np.arange(3))[0].tolist() == [0]
+    for bad in ({"scores": np.array([0.9, 0.8])}, {"ids": np.arange(6).reshape(3, 2)}, {"pair_a": np.array(["x"])}):
+        path.write_bytes(arrays_to_bytes({**good, **bad}))
+        with pytest.raises(OffshelfError, match="unreadable dedup state .*do not fit together"):
+            RunState.load(path)

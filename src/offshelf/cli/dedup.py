@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from pathlib import Path
 
 from offshelf.cli.common import EXIT_OK, Subparsers, add_command, add_json_option, positive_int, print_json
@@ -96,6 +95,5 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         for path, score in zip(group['duplicates'], group['scores']):
             print(f"  {score:.3f}  {path}")
     if report.log:
-        print(f"moved {len(report.moved)} duplicates; undo with: offshelf dedup --restore {report.log}",
-              file=sys.stderr if args.json else sys.stdout)
+        print(f"moved {len(report.moved)} duplicates; undo with: offshelf dedup --restore {report.log}")
     return EXIT_OK

@@ -99,7 +99,7 @@ def dedup(paths: Sequence[str | Path], store: str | Path, *, threshold: float | 
     feature_store = FeatureStore.open(store)
     table = feature_store.table()
     chosen = np.array([p in files for p in table.column("path").to_pylist()], bool)
-    all_ids, all_paths, all_vectors = feature_store.vectors()
+    all_ids, all_paths, all_vectors = feature_store.vectors_of(table)  # the same rows as `table`
     ids, vectors = all_ids[chosen], all_vectors[chosen]
     item_paths = [p for p, c in zip(all_paths, chosen) if c]
     sha = [s for s, c in zip(table.column("sha256").to_pylist(), chosen) if c]

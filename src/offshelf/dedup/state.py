@@ -48,8 +48,14 @@ class RunState:
         try:
             arrays = arrays_from_bytes(path.read_bytes())
             meta = json.loads(str(arrays["meta"]))
-            return cls(float(meta["threshold"]), str(meta["token"]), arrays["ids"], arrays["sha256"],
-                       arrays["pair_a"], arrays["pair_b"], arrays["scores"])
+            state = cls(float(meta["threshold"]), str(meta["token"]), arrays["ids"], arrays["sha256"],
+                        arrays["pair_a"], arrays["pair_b"], arrays["scores"])
+            items, pairs = (state.ids, state.sha256), (state.pair_a, state.pair_b, state.scores)
+            if any(a.ndim != 1 for a in (*items, *pairs)) or len({len(a) for a in items}) != 1 \
+                    or len({len(a) for a in pairs}) != 1 or not all(a.dtype.kind == "i" for a in (state.ids, *pairs[:2])) \
+                    or state.scores.dtype.kind != "f" or state.sha256.dtype.kind != "U":
+                raise ValueError("its arrays do not fit together")
+            return state
         except (ValueError, KeyError, TypeError) as exc:
             raise OffshelfError(f"unreadable dedup state {path}: {exc}; delete it to compare everything again") from None
 

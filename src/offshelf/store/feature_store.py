@@ -300,7 +300,10 @@ class FeatureStore:
 
     def vectors(self, snapshot: Snapshot | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
         """`(ids int64 (n,), paths, embeddings float32 (n, dim))` of every stored item."""
-        table = self.table(snapshot)
+        return self.vectors_of(self.table(snapshot))
+
+    def vectors_of(self, table: pa.Table) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """`vectors()` of rows already read with `table()` (so that both come from one state of the store)."""
         flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         matrix = np.ascontiguousarray(flat, dtype=np.float32).reshape(table.num_rows, self.config.dim)
         return table.column("id").to_numpy(), table.column("path").to_pylist(), matrix
