@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from offshelf.baselines import BASELINES, BaselineError, extract_baseline
 from offshelf.errors import OffshelfError
-from offshelf.metrics import mean_average_precision_ranked, mean_defined
+from offshelf.metrics import json_float, mean_average_precision_ranked, mean_defined
 from offshelf.probe import LabelSource, LinearProbe, align_labels, evaluate
 from offshelf.probe.labels import label_tuples, looks_multilabel
 from offshelf.probe.zeroshot import config_encoder, zero_shot_accuracy
@@ -137,9 +137,6 @@ def retrieval_map(X: np.ndarray, y: Labels, *, block: int | None = None) -> floa
     return mean_defined(np.concatenate(per_query)) if per_query else float("nan")
 
 
-def _json_float(value: float) -> float | None:
-    return None if np.isnan(value) else float(value)
-
 
 def evaluate_features(
     X: np.ndarray,
@@ -189,11 +186,11 @@ def evaluate_features(
         "folds": folds,
         "accuracy": float(np.mean(fold_accuracy)),
         "accuracy_std": float(np.std(fold_accuracy)),
-        "mAP": _json_float(mean_defined(np.array(fold_map))),
-        "mAP_std": _json_float(float(np.std(defined)) if defined.size else np.nan),
-        "retrieval_mAP": _json_float(retrieval_map(X, y)),
+        "mAP": json_float(mean_defined(np.array(fold_map))),
+        "mAP_std": json_float(float(np.std(defined)) if defined.size else np.nan),
+        "retrieval_mAP": json_float(retrieval_map(X, y)),
         "fold_accuracy": [float(a) for a in fold_accuracy],
-        "fold_mAP": [_json_float(m) for m in fold_map],
+        "fold_mAP": [json_float(m) for m in fold_map],
         "fold_C": fold_c,
     }
 

@@ -33,6 +33,11 @@ def accuracy(y_true: Sequence[Any] | np.ndarray, y_pred: Sequence[Any] | np.ndar
     return float(equal.reshape(len(equal), -1).all(axis=1).mean())
 
 
+def json_float(value: float) -> float | None:
+    """A metric for a JSON report: None where it is undefined (nan), else a plain float."""
+    return None if np.isnan(value) else float(value)
+
+
 def mean_defined(values: np.ndarray) -> float:
     """Mean of the non-nan entries; nan if there are none (the rule for mAP over classes or queries)."""
     defined = values[~np.isnan(values)]

@@ -45,7 +45,7 @@ from threadpoolctl import threadpool_limits
 
 from offshelf.errors import OffshelfError
 from offshelf.io import load_bundle, save_bundle
-from offshelf.metrics import accuracy, average_precision, confusion_matrix, mean_average_precision
+from offshelf.metrics import accuracy, average_precision, confusion_matrix, json_float, mean_average_precision
 from offshelf.probe.labels import Targets, is_indicator, label_tuples, looks_multilabel
 from offshelf.store import IDENTITY_FIELDS
 from offshelf.store.identity import check_identity
@@ -69,9 +69,6 @@ def _indicator(targets: Targets, classes: np.ndarray) -> np.ndarray:
         Y[i, [column[label] for label in labels if label in column]] = True
     return Y
 
-
-def _json_float(value: float) -> float | None:
-    return None if np.isnan(value) else float(value)
 
 
 # -- fitting helpers -------------------------------------------------------------------------------
@@ -305,9 +302,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         report = {
             "n": len(targets),
             "accuracy": float(np.mean([set(p) == set(t) for p, t in zip(predicted_sets, targets)])),
-            "mAP": _json_float(mAP),
-            "mAP_voc11": _json_float(mAP_voc11),
-            "per_class": {str(label): _json_float(ap) for label, ap in zip(self.classes_.tolist(), per_class)},
+            "mAP": json_float(mAP),
+            "mAP_voc11": json_float(mAP_voc11),
+            "per_class": {str(label): json_float(ap) for label, ap in zip(self.classes_.tolist(), per_class)},
         }
         if not self.multilabel_:
             truth = [labels[0] for labels in targets]
