@@ -48,6 +48,11 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def add_precision_option(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--precision", default=None, choices=("fp32", "int8"),
+                        help=f"fp32 or int8 model (docs/int8.md; default: {default})")
+
+
 def add_force_option(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--force", action="store_true", help=f"replace an existing {what} at --out")
 

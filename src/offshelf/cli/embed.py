@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from offshelf.cli.common import EXIT_OK, Subparsers, add_command, add_json_option, positive_int, print_json
+from offshelf.cli.common import (
+    EXIT_OK,
+    Subparsers,
+    add_command,
+    add_json_option,
+    add_precision_option,
+    positive_int,
+    print_json,
+)
 from offshelf.images import DEFAULT_MAX_PIXELS, VIEW_COUNTS
 
 
@@ -40,6 +48,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         progress=not args.quiet,
         readd=args.readd,
+        precision=args.precision,
+        calibrate_on=args.calibrate_on,
     )
     if args.json:
         print_json(summary.to_dict())
@@ -74,5 +84,8 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--shard-size", type=positive_int, default=1024, help="images per committed shard")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb limit")
     p.add_argument("--readd", action="store_true", help="embed files removed from the store again (re-add them)")
+    add_precision_option(p, "the store's, or fp32")
+    p.add_argument("--calibrate-on", type=Path, default=None, metavar="DIR",
+                   help="with --precision int8: calibrate the int8 graph on these images (default: shipped photos)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from offshelf.cli.common import EXIT_OK, Subparsers, add_command, positive_int, print_json
+from offshelf.cli.common import EXIT_OK, Subparsers, add_command, add_precision_option, positive_int, print_json
 from offshelf.errors import OffshelfError
 
 
@@ -26,7 +26,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         from offshelf.search import Searcher
 
-        searcher = Searcher(args.store)
+        searcher = Searcher(args.store, precision=args.precision)
         if searcher.caught_up:
             print(f"offshelf: note: the index lagged behind the store (commit {searcher.caught_up['from_seq']} "
                   f"-> {searcher.caught_up['to_seq']}); caught up before searching", file=sys.stderr)
@@ -48,4 +48,5 @@ def register(sub: Subparsers) -> None:
     p.add_argument("-k", type=positive_int, default=10, help="number of results")
     p.add_argument("--align", type=Path, default=None, metavar="MAP_DIR",
                    help="embed the query with the map's new model and map it into the store's space")
+    add_precision_option(p, "the store's")
     p.add_argument("--json", action="store_true", help="machine-readable output")

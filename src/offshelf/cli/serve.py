@@ -13,7 +13,14 @@ import webbrowser
 from pathlib import Path
 from typing import Any
 
-from offshelf.cli.common import EXIT_OK, Subparsers, add_command, non_negative_float, positive_int
+from offshelf.cli.common import (
+    EXIT_OK,
+    Subparsers,
+    add_command,
+    add_precision_option,
+    non_negative_float,
+    positive_int,
+)
 from offshelf.errors import OffshelfError
 from offshelf.images import DEFAULT_MAX_PIXELS
 
@@ -49,7 +56,8 @@ def run_server(args: argparse.Namespace, store: Path, *, open_page: bool = False
 
     config = ServeConfig(store=store, probe=args.probe, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                          workers=args.workers, threads=args.threads, max_upload_bytes=args.max_upload_mb * 2**20,
-                         max_pixels=args.max_pixels, cors_origins=tuple(args.cors_origin or ()))
+                         max_pixels=args.max_pixels, cors_origins=tuple(args.cors_origin or ()),
+                         precision=args.precision)
     if not _is_loopback(args.host) and config.api_key is None:
         print(f"offshelf: warning: serving on {args.host} with writes open to anyone who can reach it; "
               "set OFFSHELF_API_KEY to guard them", file=sys.stderr)
@@ -77,6 +85,7 @@ def add_serve_options(p: argparse.ArgumentParser, *, json_option: bool = True) -
     p.add_argument("--max-wait-ms", type=non_negative_float, default=5.0, help="how long a batch waits to fill at most")
     p.add_argument("--workers", type=positive_int, default=None, help="decoding threads (default: the cores)")
     p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads (default: the cores)")
+    add_precision_option(p, "the store's")
     p.add_argument("--max-upload-mb", type=positive_int, default=20, help="largest upload accepted (413 above)")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb limit")
     p.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="allow this origin (repeatable; none by default)")

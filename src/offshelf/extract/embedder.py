@@ -11,12 +11,14 @@ from PIL import Image
 from offshelf.errors import OffshelfError
 from offshelf.extract.pooling import Pooling
 from offshelf.images import VIEW_COUNTS, Augment, ImageDecodeError, decode_image, make_views, read_file, views_min_size
-from offshelf.models import ModelSpec, load_backbone, resolve_spec
+from offshelf.models import ModelSpec, check_precision, load_backbone, resolve_spec
 from offshelf.store import StoreConfig
 
 
-def make_config(spec: ModelSpec, layer: str | None = None, pool: str | None = None, augment: str = "none") -> StoreConfig:
-    """Validate a model/layer/pooling/views choice and describe the features it makes."""
+def make_config(spec: ModelSpec, layer: str | None = None, pool: str | None = None, augment: str = "none",
+                precision: str = "fp32", calibration: str = "") -> StoreConfig:
+    """Validate a model/layer/pooling/views/precision choice and describe the features it makes (`calibration`:
+    an int8 graph's calibration set, `offshelf.models.quantize.calibration_sha256`)."""
     chosen = spec.layer(layer)
     if augment not in VIEW_COUNTS:
         raise OffshelfError(f"unknown augment {augment!r}; choose from {', '.join(VIEW_COUNTS)}")
@@ -29,7 +31,9 @@ def make_config(spec: ModelSpec, layer: str | None = None, pool: str | None = No
             pool_name = Pooling.parse(pool or "gap").name
         except ValueError as exc:
             raise OffshelfError(str(exc)) from None
-    return StoreConfig(spec.name, chosen.name, pool_name, augment, chosen.channels, spec.to_dict())
+    check_precision(precision)
+    return StoreConfig(spec.name, chosen.name, pool_name, augment, chosen.channels, spec.to_dict(), precision,
+                       calibration if precision == "int8" else "")
 
 
 class Embedder:
@@ -40,8 +44,10 @@ class Embedder:
     (`offshelf.models.resolve_spec`), so a file cannot choose what code runs.
     """
 
-    def __init__(self, config: StoreConfig, *, threads: int | None = None, origin: str | Path | None = None) -> None:
-        """`origin` is the file `config` was read from (a store manifest), named in errors."""
+    def __init__(self, config: StoreConfig, *, threads: int | None = None, origin: str | Path | None = None,
+                 calibrate_on: str | Path | None = None) -> None:
+        """`origin` is the file `config` was read from (a store manifest), named in errors; `calibrate_on` the
+        images an int8 graph not yet cached is calibrated on (they must be the set `config.calibration` names)."""
         self.config = config
         self.spec = resolve_spec(config.model, config.model_spec, origin)
         self.layer = self.spec.layer(config.layer)
@@ -50,7 +56,8 @@ class Embedder:
         self.size = self.spec.preprocessing.size
         self.resize, self.resample = self.spec.preprocessing.resize, self.spec.preprocessing.resample
         self.min_size = views_min_size(self.size, self.augment, self.resample)
-        self.backbone = load_backbone(self.spec, threads=threads)
+        self.backbone = load_backbone(self.spec, threads=threads, precision=config.precision,
+                                      calibration=config.calibration or None, calibrate_on=calibrate_on)
 
     def views(self, image: Image.Image) -> np.ndarray:
         """The `(V, size, size, 3)` uint8 views of one decoded image."""

@@ -21,7 +21,14 @@ from offshelf.extract.reader import Reader
 from offshelf.extract.summary import EmbedSummary
 from offshelf.extract.writer import Committer
 from offshelf.images import DEFAULT_MAX_PIXELS, VIEW_COUNTS, find_images
-from offshelf.models import DEFAULT_MODEL, ModelSpec, get_model_spec
+from offshelf.models import (
+    DEFAULT_MODEL,
+    ModelSpec,
+    calibration_images,
+    calibration_sha256,
+    check_precision,
+    get_model_spec,
+)
 from offshelf.models.runtime import available_cores
 from offshelf.store import MANIFEST, UPGRADE_MARKER, FeatureStore, FileState, StoreWriter, resolve_store
 
@@ -44,6 +51,8 @@ def embed(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
     readd: bool = False,
+    precision: str | None = None,
+    calibrate_on: str | Path | None = None,
 ) -> EmbedSummary:
     """Embed every image under `paths` (folders, files, globs) into the store at `store`.
 
@@ -51,8 +60,9 @@ def embed(
     row replaces the old); files that cannot be decoded are recorded in the store's errors table. Files
     removed from the store (`offshelf remove`) stay out, counted as `removed`, unless `readd`.
     An existing store (after an upgrade switch: the store that replaced it) keeps its features: `model`,
-    `layer`, `pool` and `augment` left as None take its values, and given ones must agree with them; a new
-    store takes the defaults.
+    `layer`, `pool`, `augment` and `precision` left as None take its values, and given ones must agree with them; a
+    new store takes the defaults. `precision="int8"` embeds with the int8 graph (`offshelf.models.quantize`),
+    calibrated on the shipped photos or on the images under `calibrate_on`; a store never mixes precisions.
     `workers` decoding threads (default: the number of cores) overlap with inference; `threads` sets
     ONNX Runtime's intra-op threads (default: the number of cores). `batch_size` counts model inputs: with
     `augment` each image is several views, so a batch holds `batch_size // views` images (at least one), which
@@ -62,7 +72,7 @@ def embed(
         raise OffshelfError("batch size and shard size must be at least 1")
     started = time.perf_counter()
     files = [str(p) for p in find_images(paths)]
-    feature_store = _open_store(Path(store), model, layer, pool, augment or None)
+    feature_store = _open_store(Path(store), model, layer, pool, augment or None, precision, calibrate_on)
     augment = feature_store.config.augment
     summary = EmbedSummary(store=str(feature_store.root))
     with feature_store.writer() as writer:
@@ -78,7 +88,8 @@ def embed(
             else:
                 todo.append((path, previous))
         if todo:
-            embedder = Embedder(feature_store.config, threads=threads, origin=feature_store.root / MANIFEST)
+            embedder = Embedder(feature_store.config, threads=threads, origin=feature_store.root / MANIFEST,
+                                calibrate_on=calibrate_on)
             images_per_batch = max(1, batch_size // VIEW_COUNTS[augment])
             _run(todo, embedder, writer, summary, images_per_batch, workers, shard_size, max_pixels, progress)
     from offshelf.index import update_store_index  # FAISS only when a store has an index
@@ -90,20 +101,28 @@ def embed(
 
 
 def _open_store(root: Path, model: str | ModelSpec | None, layer: str | None, pool: str | None,
-                augment: str | None) -> FeatureStore:
+                augment: str | None, precision: str | None, calibrate_on: str | Path | None) -> FeatureStore:
     """The store to embed into (resolved through upgrade markers), created with the defaults if absent."""
+    calibration = None
     if (root / MANIFEST).is_file() or (root / UPGRADE_MARKER).is_file():
         existing = resolve_store(root)
-        if model is layer is pool is augment is None:
+        if model is layer is pool is augment is precision is calibrate_on is None:
             return existing
         config, root = existing.config, existing.root
+        if precision in (None, config.precision) and calibrate_on is None:
+            precision, calibration = config.precision, config.calibration
         augment = augment or config.augment
         if model is None or model == config.model:  # the store's model: its layer and pooling unless given
             if layer is None:
                 layer, pool = config.layer, config.pool if pool is None else pool
             model = config.model
     spec = get_model_spec(model or DEFAULT_MODEL) if not isinstance(model, ModelSpec) else model
-    return FeatureStore.open_or_create(root, make_config(spec, layer, pool, augment or "none"))
+    precision = check_precision(precision or "fp32")
+    if calibrate_on is not None and precision != "int8":
+        raise OffshelfError("--calibrate-on calibrates an int8 graph; it needs --precision int8")
+    if calibration is None:
+        calibration = calibration_sha256(calibration_images(calibrate_on)) if precision == "int8" else ""
+    return FeatureStore.open_or_create(root, make_config(spec, layer, pool, augment or "none", precision, calibration))
 
 
 def _same_stat(path: str, known: FileState) -> bool:

@@ -7,19 +7,33 @@
 from offshelf.models.cache import offshelf_home
 from offshelf.models.errors import ModelError
 from offshelf.models.export import ensure_onnx
+from offshelf.models.quantize import (
+    PRECISIONS,
+    calibration_images,
+    calibration_sha256,
+    check_precision,
+    ensure_int8_onnx,
+    int8_report,
+)
 from offshelf.models.registry import DEFAULT_MODEL, get_model_spec, list_models, register_model, resolve_spec
 from offshelf.models.runtime import Backbone, load_backbone
 from offshelf.models.spec import Layer, ModelSpec, Preprocessing
 
 __all__ = [
     "DEFAULT_MODEL",
+    "PRECISIONS",
     "Backbone",
     "Layer",
     "ModelError",
     "ModelSpec",
     "Preprocessing",
+    "calibration_images",
+    "calibration_sha256",
+    "check_precision",
+    "ensure_int8_onnx",
     "ensure_onnx",
     "get_model_spec",
+    "int8_report",
     "list_models",
     "load_backbone",
     "offshelf_home",

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from offshelf.models.errors import ModelError
 from offshelf.models.export import ensure_onnx
+from offshelf.models.quantize import check_precision, ensure_int8_onnx
 from offshelf.models.registry import get_model_spec
 from offshelf.models.spec import Layer, ModelSpec
 
@@ -24,14 +26,15 @@ THREADS_ENV = "OFFSHELF_ORT_THREADS"
 class Backbone:
     """A model's ONNX Runtime session: images in, the requested layers' features out."""
 
-    def __init__(self, spec: ModelSpec, session: ort.InferenceSession, threads: int) -> None:
+    def __init__(self, spec: ModelSpec, session: ort.InferenceSession, threads: int, precision: str = "fp32") -> None:
         self.spec = spec
         self.session = session
         self.threads = threads
+        self.precision = precision
         self._input_name = session.get_inputs()[0].name
 
     def __repr__(self) -> str:
-        return f"Backbone({self.spec.name!r}, threads={self.threads})"
+        return f"Backbone({self.spec.name!r}, threads={self.threads}, precision={self.precision!r})"
 
     def forward(self, images: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
         """Features of a uint8 RGB batch `(N, size, size, 3)` for each layer name in `layers`.
@@ -49,18 +52,22 @@ class Backbone:
         return {layer.name: _as_nchw(layer, value) for layer, value in zip(chosen, values)}
 
 
-def load_backbone(model: str | ModelSpec, *, threads: int | None = None) -> Backbone:
+def load_backbone(model: str | ModelSpec, *, threads: int | None = None, precision: str = "fp32",
+                  calibration: str | None = None, calibrate_on: str | Path | None = None) -> Backbone:
     """Open `model` (a registered name or a spec) on CPU, exporting and caching its ONNX graph if needed.
 
     `threads` is ONNX Runtime's intra-op thread count; by default `$OFFSHELF_ORT_THREADS`, else the number of
-    cores this process may run on.
+    cores this process may run on. `precision="int8"` runs the int8 graph (`offshelf.models.quantize`), calibrated
+    on the set whose sha256 is `calibration`, on the images under `calibrate_on`, or on the shipped photos.
     """
     spec = model if isinstance(model, ModelSpec) else get_model_spec(model)
     count = resolve_threads(threads)
-    session = ort.InferenceSession(
-        str(ensure_onnx(spec)), session_options(count), providers=["CPUExecutionProvider"]
-    )
-    return Backbone(spec, session, count)
+    if check_precision(precision) == "int8":
+        path = ensure_int8_onnx(spec, calibration, calibrate_on=calibrate_on, progress=True)
+    else:
+        path = ensure_onnx(spec)
+    session = ort.InferenceSession(str(path), session_options(count), providers=["CPUExecutionProvider"])
+    return Backbone(spec, session, count, precision)
 
 
 def available_cores() -> int:

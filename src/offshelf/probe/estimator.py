@@ -47,7 +47,7 @@ from offshelf.errors import OffshelfError
 from offshelf.io import load_bundle, save_bundle
 from offshelf.metrics import accuracy, average_precision, confusion_matrix, json_float, mean_average_precision
 from offshelf.probe.labels import Targets, is_indicator, label_tuples, looks_multilabel
-from offshelf.store import IDENTITY_FIELDS
+from offshelf.store import IDENTITY_FIELDS, full_identity
 from offshelf.store.identity import check_identity
 from offshelf.transforms import SignedPower, pipeline_from_bundle, pipeline_to_bundle
 
@@ -369,7 +369,7 @@ def save_probe(probe: LinearProbe, directory: str | Path, store_identity: Mappin
         "post": post_steps,
         "cv_scoring": probe.cv_results_["scoring"],
         "cv_score": probe.cv_score_,
-        "store": {name: store_identity[name] for name in IDENTITY_FIELDS},
+        "store": full_identity(store_identity),
     }
     return save_bundle(directory, meta, arrays, overwrite=overwrite)
 
@@ -391,7 +391,7 @@ def load_probe(directory: str | Path) -> tuple[LinearProbe, dict[str, Any]]:
         probe.cv_results_ = {"scoring": meta["cv_scoring"], "Cs": arrays["cv_Cs"],
                              "mean_score": arrays["cv_mean_score"]}
         probe.cv_score_ = meta["cv_score"]
-        identity = {name: meta["store"][name] for name in IDENTITY_FIELDS}
+        identity = full_identity(meta["store"])
         if probe.coef_.ndim != 2 or not probe.coef_.shape[1] == probe.n_features_in_ == identity["dim"]:
             raise ValueError(f"coef has shape {probe.coef_.shape} for {probe.n_features_in_}-d features "
                              f"of dim {identity['dim']}")

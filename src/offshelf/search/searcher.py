@@ -38,13 +38,16 @@ class Hit:
 class Searcher:
     """Searches one store. Build once, query many times; `search_*` are safe to call from several threads."""
 
-    def __init__(self, store: FeatureStore | str | Path, *, exact: bool = False, threads: int | None = None) -> None:
+    def __init__(self, store: FeatureStore | str | Path, *, exact: bool = False, threads: int | None = None,
+                 precision: str | None = None) -> None:
+        """Queries are embedded at the store's precision; a given `precision` must be it (OffshelfError)."""
         from offshelf.index import build_index, load_store_index  # sklearn/FAISS only when searching
         from offshelf.index.store_index import sync_index, update_store_index
         from offshelf.store import resolve_store
 
         # an upgraded store (marker STORE/upgrade.json, see offshelf.upgrade) is searched in its new store
         self.store = resolve_store(store)
+        check_store_precision(self.store, precision)
         snapshot, (ids, paths, vectors) = self.store.snapshot_vectors()
         self._path_of = dict(zip(ids.tolist(), paths))
         saved = None if exact else load_store_index(self.store.root)
@@ -135,9 +138,16 @@ class Searcher:
         return self.search_vectors(self.text_encoder.encode(texts), k)
 
 
-def search(query: str | Path, store: str | Path, k: int = 10) -> list[Hit]:
-    """The `k` stored images most similar to the image file `query`, best first."""
-    return Searcher(store).search_files([query], k)[0]
+def search(query: str | Path, store: str | Path, k: int = 10, precision: str | None = None) -> list[Hit]:
+    """The `k` stored images most similar to the image file `query`, best first (`precision`: see `Searcher`)."""
+    return Searcher(store, precision=precision).search_files([query], k)[0]
+
+
+def check_store_precision(store: FeatureStore, precision: str | None) -> None:
+    """OffshelfError unless `precision` is None or the precision of the store's features."""
+    if precision is not None and precision != store.config.precision:
+        raise OffshelfError(f"store {store.root} holds {store.config.precision} features; --precision {precision} "
+                            "cannot search them (leave it out to use the store's)")
 
 
 def search_text(text: str, store: str | Path, k: int = 10) -> list[Hit]:

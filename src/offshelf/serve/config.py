@@ -36,6 +36,7 @@ class ServeConfig:
     api_key: str | None = field(default_factory=lambda: os.environ.get(API_KEY_ENV) or None)
     cors_origins: tuple[str, ...] = ()
     thumbnail_cache_bytes: int = 64 * 1024 * 1024
+    precision: str | None = None  # None: the store's; else it must be the store's
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:

@@ -50,7 +50,7 @@ class Service:
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
-        self.searcher = Searcher(config.store, threads=config.threads)
+        self.searcher = Searcher(config.store, threads=config.threads, precision=config.precision)
         self.store = self.searcher.store
         ids, _, vectors = self.store.vectors()
         self._vector_of: dict[int, np.ndarray] = dict(zip(ids.tolist(), vectors))

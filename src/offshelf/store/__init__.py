@@ -13,7 +13,7 @@ from offshelf.store.feature_store import (
     StoreWriter,
     path_id,
 )
-from offshelf.store.identity import IDENTITY_FIELDS, StoreConfig, check_identity, describe_identity
+from offshelf.store.identity import IDENTITY_FIELDS, StoreConfig, check_identity, describe_identity, full_identity
 from offshelf.store.marker import UPGRADE_MARKER, read_upgrade_marker, resolve_store
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "check_store",
     "compact",
     "describe_identity",
+    "full_identity",
     "path_id",
     "read_upgrade_marker",
     "resolve_store",

@@ -34,7 +34,8 @@ import pyarrow as pa
 from offshelf._version import __version__
 from offshelf.errors import StoreError
 from offshelf.io import atomic_write_json, exclusive_lock, remove_stale_tmp_files
-from offshelf.store.identity import IDENTITY_FIELDS, StoreConfig, check_identity
+from offshelf.models.quantize import PRECISIONS
+from offshelf.store.identity import IDENTITY_FIELDS, StoreConfig, check_identity, full_identity
 from offshelf.store.journal import finish_compaction, journal_seq
 from offshelf.store.shards import (
     ERRORS_DIR,
@@ -187,7 +188,11 @@ def _check_manifest(data: Any, manifest: Path) -> StoreConfig:
         raise StoreError(f"unreadable manifest {manifest}: dim must be a positive integer, got {dim!r}")
     if not isinstance(data["model_spec"], dict):
         raise StoreError(f"unreadable manifest {manifest}: model_spec must be an object")
-    return StoreConfig(**{k: data[k] for k in (*IDENTITY_FIELDS, "model_spec")})
+    identity = full_identity(data)
+    if identity["precision"] not in PRECISIONS or not isinstance(identity["calibration"], str):
+        raise StoreError(f"unreadable manifest {manifest}: precision must be one of {', '.join(PRECISIONS)} and "
+                         f"calibration a string, got {identity['precision']!r} and {identity['calibration']!r}")
+    return StoreConfig(**identity, model_spec=data["model_spec"])
 
 
 def _check_directory(root: Path) -> None:

@@ -1,6 +1,7 @@
 """What the vectors of a store are, and the one check that two descriptions agree.
 
-Vectors are comparable only when they were made the same way: same model, layer, pooling, views and dim.
+Vectors are comparable only when they were made the same way: same model, layer, pooling, views and dim, and the
+same precision (an int8 graph's vectors also name the photos it was calibrated on).
 Stores, indexes, probes and alignment maps all record this identity and refuse vectors of another; they all
 compare and describe it here.
 """
@@ -15,21 +16,32 @@ from offshelf.errors import StoreError
 
 # Fields of a manifest that must agree for two sets of features to share a store.
 IDENTITY_FIELDS = ("model", "layer", "pool", "augment", "dim")
+# Identity fields that older records lack, and the value that their absence means: fp32 features.
+DEFAULTED_FIELDS: dict[str, str] = {"precision": "fp32", "calibration": ""}
+
+
+def full_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """Every identity field of `identity` (KeyError if a required one is missing), the defaulted ones filled in."""
+    return {**{name: identity[name] for name in IDENTITY_FIELDS},
+            **{name: identity.get(name, default) for name, default in DEFAULTED_FIELDS.items()}}
 
 
 def describe_identity(identity: Mapping[str, Any] | None) -> str:
-    """`model=..., layer=..., ...` in the canonical order (extra fields last)."""
+    """`model=..., layer=..., ...` in the canonical order (extra fields last; fp32's defaults left out)."""
     if not identity:
         return "unspecified features"
-    order = [k for k in IDENTITY_FIELDS if k in identity] + [k for k in identity if k not in IDENTITY_FIELDS]
-    return ", ".join(f"{k}={identity[k]}" for k in order)
+    shown = {k: v for k, v in identity.items() if DEFAULTED_FIELDS.get(k, v) != v or k not in DEFAULTED_FIELDS}
+    order = [k for k in IDENTITY_FIELDS if k in shown] + [k for k in shown if k not in IDENTITY_FIELDS]
+    return ", ".join(f"{k}={shown[k]}" for k in order)
 
 
 def identity_differences(found: Mapping[str, Any] | None, expected: Mapping[str, Any] | None) -> list[str]:
     """The identity fields in which two descriptions differ (all of them if either is missing)."""
     if not found or not expected:
         return list(IDENTITY_FIELDS)
-    return [name for name in IDENTITY_FIELDS if found.get(name) != expected.get(name)]
+    differ = [name for name in IDENTITY_FIELDS if found.get(name) != expected.get(name)]
+    return differ + [name for name, default in DEFAULTED_FIELDS.items()
+                     if found.get(name, default) != expected.get(name, default)]
 
 
 def check_identity(found: Mapping[str, Any] | None, expected: Mapping[str, Any] | None, message: str,
@@ -56,9 +68,11 @@ class StoreConfig:
     augment: str
     dim: int
     model_spec: dict[str, Any] = field(default_factory=dict, compare=False)
+    precision: str = "fp32"
+    calibration: str = ""  # an int8 store's calibration set (sha256), see offshelf.models.quantize
 
     def identity(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in IDENTITY_FIELDS}
+        return {name: getattr(self, name) for name in (*IDENTITY_FIELDS, *DEFAULTED_FIELDS)}
 
     def describe(self) -> str:
         return describe_identity(self.identity())
