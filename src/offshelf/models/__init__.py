@@ -9,6 +9,7 @@ from offshelf.models.errors import ModelError
 from offshelf.models.export import ensure_onnx
 from offshelf.models.quantize import (
     PRECISIONS,
+    TARGET_COSINE,
     calibration_images,
     calibration_sha256,
     check_precision,
@@ -22,6 +23,7 @@ from offshelf.models.spec import Layer, ModelSpec, Preprocessing
 __all__ = [
     "DEFAULT_MODEL",
     "PRECISIONS",
+    "TARGET_COSINE",
     "Backbone",
     "Layer",
     "ModelError",

@@ -44,9 +44,11 @@ TARGET_COSINE = 0.98
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: At most this many sensitivity measurements: a larger graph's weighted nodes are measured in consecutive runs.
 MAX_UNITS = 64
+#: Sensitivity is measured on this many of the calibration photos (evenly spaced); the greedy choice on all of them.
+SENSITIVITY_PHOTOS = 8
 MIN_CALIBRATION_IMAGES = 4
-INT8_FORMAT = 1  # bump when the recipe changes, so that cached int8 graphs are rebuilt
-_SETTINGS = {"format": "QDQ", "weights": "int8 per-channel", "activations": "int8", "calibration": "MinMax"}
+INT8_FORMAT = 2  # bump when the recipe changes, so that cached int8 graphs are rebuilt
+_SETTINGS = {"quant_format": "QDQ", "weights": "int8 per-channel", "activations": "int8", "calibration": "MinMax"}
 
 logger = logging.getLogger("offshelf.models")
 
@@ -148,10 +150,12 @@ def quantize_model(spec: ModelSpec, fp32: Path, photos: Sequence[Path], *, targe
         del calibrator
         search = _Search(spec, pre, work, evaluation)
         units = _units(onnx.load(str(pre)), spec.layer(None).output)
-        naive = search.fidelity(exclude=[])
+        everything = np.arange(len(evaluation))
+        naive = search.fidelity(everything, exclude=[])
         sensitivity = {}
+        subset = np.linspace(0, len(evaluation) - 1, min(SENSITIVITY_PHOTOS, len(evaluation))).round().astype(int)
         for unit in _progress(units, progress, "int8 sensitivity"):
-            sensitivity[unit[0]] = 1.0 - float(search.fidelity(only=unit).mean())
+            sensitivity[unit[0]] = 1.0 - float(search.fidelity(subset, only=unit).mean())
         ranked = sorted(units, key=lambda unit: -sensitivity[unit[0]])
         kept: list[str] = []
         cosines = naive
@@ -159,7 +163,7 @@ def quantize_model(spec: ModelSpec, fp32: Path, photos: Sequence[Path], *, targe
             if cosines.mean() >= target:
                 break
             kept += unit
-            cosines = search.fidelity(exclude=kept)
+            cosines = search.fidelity(everything, exclude=kept)
         data = search.quantize(exclude=kept).read_bytes()
     return data, {
         "model": spec.name,
@@ -196,14 +200,15 @@ class _Search:
                         calibration_cache_path=self.work / "ranges.json")
         return out
 
-    def fidelity(self, **nodes: Sequence[str]) -> np.ndarray:
-        """Per-photo cosine of the candidate's descriptor to fp32's."""
-        return np.sum(self.descriptors(self.quantize(**nodes)) * self.reference, axis=1)
+    def fidelity(self, photos: np.ndarray, **nodes: Sequence[str]) -> np.ndarray:
+        """Cosine of the candidate's descriptor to fp32's for each of the evaluation `photos` (indices)."""
+        return np.sum(self.descriptors(self.quantize(**nodes), photos) * self.reference[photos], axis=1)
 
-    def descriptors(self, path: Path) -> np.ndarray:
+    def descriptors(self, path: Path, photos: np.ndarray | None = None) -> np.ndarray:
         """L2-normalized descriptors (default layer, global average pooling) of the evaluation photos."""
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        value = session.run([self.layer.output], {session.get_inputs()[0].name: self.x})[0]
+        x = self.x if photos is None else self.x[photos]
+        value = session.run([self.layer.output], {session.get_inputs()[0].name: x})[0]
         if self.layer.kind == "map":
             value = value.mean(axis=(1, 2) if self.layer.layout == "NHWC" else (2, 3))
         return value / np.maximum(np.linalg.norm(value, axis=1, keepdims=True), 1e-12)
