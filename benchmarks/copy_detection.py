@@ -73,9 +73,10 @@ QUICK_SPATIAL_LEVELS = 2
 FAMILY_ORDER = ("crop", "scale", "rotation", "jpeg", "colour", "blur", "text")
 
 
-def _store_vectors(name: str, paths: Sequence[Path], model: str, pool: str, progress: bool) -> dict[str, np.ndarray]:
+def _store_vectors(name: str, paths: Sequence[Path], model: str, pool: str, progress: bool,
+                   precision: str = "fp32") -> dict[str, np.ndarray]:
     """path (resolved, as stored) -> vector, for `paths` embedded into the shared store `name`."""
-    store = dataset_store(name, paths, model=model, pool=pool, progress=progress)
+    store = dataset_store(name, paths, model=model, pool=pool, progress=progress, precision=precision)
     _, stored_paths, matrix = store.vectors()
     wanted = {str(Path(p).resolve()) for p in paths}
     return {p: matrix[i] for i, p in enumerate(stored_paths) if p in wanted}
@@ -93,7 +94,7 @@ def _rows(found: dict[str, np.ndarray], paths: Sequence[Path], dim: int) -> tupl
 
 
 def embedded_sets(data: CopyDetectionSet, class_paths: Sequence[Path] | None, model: str, pool: str,
-                  progress: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                  progress: bool, precision: str = "fp32") -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every image set of the benchmark embedded with `model`/`pool` through the shared stores: set name
     ("originals", "queries", "distractors:<source>", and "class" if `class_paths`) -> (vectors in the set's
     order, zeros where missing; mask of the rows present)."""
@@ -105,7 +106,7 @@ def embedded_sets(data: CopyDetectionSet, class_paths: Sequence[Path] | None, mo
         sets["class"] = ("openclipart", class_paths)
     parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for key, (store_name, paths) in sets.items():
-        found = _store_vectors(store_name, paths, model, pool, progress)
+        found = _store_vectors(store_name, paths, model, pool, progress, precision)
         dim = len(next(iter(found.values()))) if found else 1
         parts[key] = _rows(found, paths, dim)
     return parts

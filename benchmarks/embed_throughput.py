@@ -28,6 +28,9 @@ in the OS page cache for every measurement: this measures CPU, not disk.
     decoding can do on 2 cores), one warm-up image.
 (f) decode only on the photos, as (e): not a goal, it explains (b), since decoding and inference share
     the same cores (if both saturated them, b <= 1 / (1/a + 1/f)).
+(g) model only with the int8 graph (`precision="int8"`, `offshelf.models.quantize`), as (a), on the same
+    batches, its passes alternating with (a)'s.
+(h) offshelf pipeline with the int8 graph (`embed(..., precision="int8")`), as (b).
 
 For every part the script also records this process's CPU time (time.process_time, all threads) as
 CPU ms per image and the share of the cores it kept busy, and it reports the perfect-overlap bounds
@@ -37,7 +40,8 @@ The machine may be shared: for every part the script records the CPU share that 
 used meanwhile (from /proc/stat minus this process's CPU time) and `--wait-idle S` waits up to S
 seconds for the machine to go quiet before each part.
 
-Ratios reported: b/a (goal >= 0.7), b/c (goal >= 4), d/e. Results go to `--out`/embed_throughput.json
+Ratios reported: b/a (goal >= 0.7), b/c (goal >= 4), d/e, g/a (int8 model only against fp32, goal >= 1.4) and
+h/a (the int8 pipeline against the fp32 model-only limit, goal >= 1.0). The load average is recorded. Results go to `--out`/embed_throughput.json
 and embed_throughput.md.
 
 Usage: python -m benchmarks.embed_throughput [--n 300] [--quick] [--out benchmarks/results]
@@ -47,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import importlib.metadata as md
 import json
 import os
@@ -151,39 +156,49 @@ class Timed:
         }
 
 
-def measure_model_only(paths: list[Path], batch_size: int, passes: int = 3) -> dict:
+def measure_model_only(paths: list[Path], batch_size: int, passes: int = 3,
+                       precisions: tuple[str, ...] = ("fp32",)) -> dict[str, dict]:
+    """(a) and (g): each precision's backbone on the same batches, passes alternating between them so that a
+    change in the machine's load hits both alike; the best pass of each."""
     from offshelf.extract import Reader
     from offshelf.models import load_backbone
 
-    backbone = load_backbone(MODEL, threads=None)
-    pre = backbone.spec.preprocessing
+    backbones = {precision: load_backbone(MODEL, threads=None, precision=precision) for precision in precisions}
+    pre = backbones[precisions[0]].spec.preprocessing
     reader = Reader(pre.size)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         pixels = np.stack([loaded.views[0] for loaded in pool.map(lambda p: reader.load(str(p)), paths)])
     batches = [pre.apply(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
-    out = backbone.forward_preprocessed(batches[0], layers=["head"])  # warm-up
+    timings: dict[str, list[Timed]] = {precision: [] for precision in precisions}
+    for backbone in backbones.values():
+        out = backbone.forward_preprocessed(batches[0], layers=["head"])  # warm-up
     shape = list(next(iter(out.values())).shape)
-    timings = []
     for _ in range(passes):
-        with Timed() as timed:
-            for x in batches:
-                backbone.forward_preprocessed(x, layers=["head"])
-        timings.append(timed)
-    best = min(timings, key=lambda t: t.seconds)
-    return best.result(
-        len(paths), passes_s=[t.seconds for t in timings], batch_size=batch_size,
-        head_output_shape_per_batch=shape, ort_threads=backbone.threads,
-    )
+        for precision, backbone in backbones.items():
+            with Timed() as timed:
+                for x in batches:
+                    backbone.forward_preprocessed(x, layers=["head"])
+            timings[precision].append(timed)
+    results = {}
+    for precision, runs in timings.items():
+        best = min(runs, key=lambda t: t.seconds)
+        results[precision] = best.result(
+            len(paths), passes_s=[t.seconds for t in runs], batch_size=batch_size,
+            head_output_shape_per_batch=shape, ort_threads=backbones[precision].threads, precision=precision,
+        )
+    return results
 
 
-def measure_pipeline(paths: list[Path], batch_size: int, warmup: int, workers: int | None, label: str) -> dict:
+def measure_pipeline(paths: list[Path], batch_size: int, warmup: int, workers: int | None, label: str,
+                     precision: str = "fp32") -> dict:
     from offshelf.extract import embed
 
     root = Path(tempfile.mkdtemp(prefix=f"offshelf-bench-{label}-"))
+    options = dict(model=MODEL, batch_size=batch_size, workers=workers, progress=False, precision=precision)
     try:
-        embed(paths[:warmup], root / "warmup", model=MODEL, batch_size=batch_size, workers=workers, progress=False)
+        embed(paths[:warmup], root / "warmup", **options)
         with Timed() as timed:
-            summary = embed(paths, root / "store", model=MODEL, batch_size=batch_size, workers=workers, progress=False)
+            summary = embed(paths, root / "store", **options)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if summary.embedded != len(paths) or summary.failed:
@@ -224,6 +239,14 @@ def measure_naive(paths: list[Path]) -> dict:
         for path in paths:
             feature = one(path)
     return timed.result(len(paths), torch_threads=torch.get_num_threads(), dim=int(feature.shape[0]))
+
+
+def _int8_facts() -> dict:
+    """What the int8 graph of (g) and (h) is: the nodes kept in fp32 and the fidelity measured at build time."""
+    from offshelf.models import get_model_spec, int8_report
+
+    report = int8_report(get_model_spec(MODEL))
+    return {key: report[key] for key in ("fp32_nodes", "quantized_nodes", "fidelity", "naive_fidelity")}
 
 
 # --- report -------------------------------------------------------------------------------------------
@@ -277,6 +300,8 @@ def markdown(result: dict) -> str:
         "f_decode_photos": "(f) decode only (reader, 224, 2 threads)",
         "d_pipeline_wallpapers": "(d) offshelf.embed on 4K-ish wallpapers",
         "e_decode_wallpapers": "(e) decode only on the same wallpapers (reader, 224, 2 threads)",
+        "g_model_only_int8": "(g) model only, int8 graph, as (a)",
+        "h_pipeline_int8": "(h) offshelf.embed --precision int8, files -> store",
     }
     lines = [
         "# Embedding throughput (efficientnet-lite0, 1280-d, batch 32)",
@@ -300,7 +325,7 @@ def markdown(result: dict) -> str:
         else:
             lines.append(f"| {name} | - | - | not run | - | - |")
     lines += ["", "| ratio | value | goal |", "| --- | ---: | ---: |"]
-    goals = {"b/a": ">= 0.7", "b/c": ">= 4", "d/e": "", "b/f": ""}
+    goals = {"b/a": ">= 0.7", "b/c": ">= 4", "d/e": "", "b/f": "", "g/a": ">= 1.4", "h/a": ">= 1.0"}
     for key, value in result["ratios"].items():
         shown = f"{value:.2f}" if value is not None else "-"
         lines.append(f"| {key} | {shown} | {goals.get(key, '')} |")
@@ -349,11 +374,16 @@ def main(argv: list[str] | None = None) -> int:
 
     wall_sides = sorted({max(Image.open(p).size) for p in walls})
     results: dict[str, dict | None] = {}
+    precisions = tuple(p for letter, p in (("a", "fp32"), ("g", "int8")) if letter not in skip)
+    model_only = functools.cache(lambda: measure_model_only(photos, args.batch_size, precisions=precisions))
     steps = [
-        ("a", "a_model_only", lambda: measure_model_only(photos, args.batch_size)),
+        ("a", "a_model_only", lambda: model_only()["fp32"]),
+        ("g", "g_model_only_int8", lambda: model_only()["int8"]),
         ("f", "f_decode_photos", lambda: measure_decode(photos)),
         ("c", "c_naive", lambda: measure_naive(photos[: args.naive_n])),
         ("b", "b_pipeline", lambda: measure_pipeline(photos, args.batch_size, warmup, args.workers, "photos")),
+        ("h", "h_pipeline_int8",
+         lambda: measure_pipeline(photos, args.batch_size, warmup, args.workers, "photos-int8", "int8")),
         ("e", "e_decode_wallpapers", lambda: measure_decode(walls)),
         ("d", "d_pipeline_wallpapers",
          lambda: measure_pipeline(walls, args.batch_size, min(4, len(walls)), args.workers, "walls")),
@@ -396,7 +426,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     if results.get("c_naive"):
         notes.append(f"(c) is timed on the first {results['c_naive']['images']} of the {len(photos)} photos.")
-    notes.append("(a) is the best of 3 passes; (b)-(f) are single passes after a warm-up.")
+    notes.append("(a) and (g) are the best of 3 passes; the others are single passes after a warm-up.")
+    if results.get("g_model_only_int8") or results.get("h_pipeline_int8"):
+        notes.append("(g), (h): the int8 graph is QDQ int8 (per-channel weights) with the nodes its sensitivity "
+                     "search kept in fp32; see docs/int8.md and benchmarks/results/int8_fidelity.md.")
+    notes.append("Load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()) + ".")
     busy = {k: v["other_processes_cpu_share"] for k, v in results.items() if v}
     worst = max(busy.values(), default=0.0)
     if worst >= 0.05:
@@ -415,7 +449,11 @@ def main(argv: list[str] | None = None) -> int:
             "b/c": ratio(results.get("b_pipeline"), results.get("c_naive")),
             "d/e": ratio(results.get("d_pipeline_wallpapers"), results.get("e_decode_wallpapers")),
             "b/f": ratio(results.get("b_pipeline"), results.get("f_decode_photos")),
+            "g/a": ratio(results.get("g_model_only_int8"), results.get("a_model_only")),
+            "h/a": ratio(results.get("h_pipeline_int8"), results.get("a_model_only")),
         },
+        "loadavg": os.getloadavg(),
+        "int8": _int8_facts() if "g" not in skip or "h" not in skip else None,
         "overlap_bounds": bounds,
         "notes": notes,
     }

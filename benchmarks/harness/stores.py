@@ -26,14 +26,17 @@ def bench_home() -> Path:
 
 def dataset_store(name: str, paths: Sequence[str | Path], *, model: str = "efficientnet-lite0",
                   layer: str | None = None, pool: str | None = None, augment: str = "none",
-                  progress: bool = True, timeout: float = 6 * 3600) -> FeatureStore:
-    """The store holding `paths` embedded with the given model/layer/pool/augment (embedding what is missing)."""
-    key = "-".join(str(part) for part in (name, model, layer or "default", pool or "default", augment))
+                  progress: bool = True, timeout: float = 6 * 3600, precision: str = "fp32") -> FeatureStore:
+    """The store holding `paths` embedded with the given model/layer/pool/augment/precision (embedding what is
+    missing)."""
+    parts = (name, model, layer or "default", pool or "default", augment) + (() if precision == "fp32" else (precision,))
+    key = "-".join(str(part) for part in parts)
     root = bench_home() / "stores" / key.replace(":", "_").replace("/", "_")
     deadline = time.monotonic() + timeout
     while True:
         try:
-            embed(paths, root, model=model, layer=layer, pool=pool, augment=augment, progress=progress)
+            embed(paths, root, model=model, layer=layer, pool=pool, augment=augment, progress=progress,
+                  precision=precision)
             return FeatureStore.open(root)
         except BusyError:
             if time.monotonic() > deadline:
