@@ -33,10 +33,10 @@ import numpy as np
 
 from benchmarks.classify import PLAIN_POST, make_tasks, plain_cell
 from benchmarks.copy_detection import DEFAULT_MODELS, embedded_sets
+from benchmarks.datasets.photos import wallpapers
 from benchmarks.harness.retrieval_data import FULL, QUICK, copy_detection_set
 from benchmarks.harness.retrieval_eval import dense_ranks
 from benchmarks.harness.runinfo import StageClock, environment_info, write_json
-from benchmarks.datasets.photos import wallpapers
 from offshelf.extract import Embedder, make_config
 from offshelf.models import TARGET_COSINE, get_model_spec, int8_report
 from offshelf.vectors import l2_normalize
@@ -47,7 +47,7 @@ PRECISIONS = ("fp32", "int8")
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     c = np.sum(l2_normalize(a) * l2_normalize(b), axis=1)
-    return {"n": int(len(c)), "mean": float(c.mean()), "min": float(c.min()), "p5": float(np.percentile(c, 5))}
+    return {"n": len(c), "mean": float(c.mean()), "min": float(c.min()), "p5": float(np.percentile(c, 5))}
 
 
 def _copy_map(sets: dict[str, tuple[np.ndarray, np.ndarray]], query_original: np.ndarray,
@@ -115,12 +115,12 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# int8 fidelity: descriptors of the int8 graphs against fp32",
         "",
-        f"{result['created']}; load average {', '.join(f'{x:.1f}' for x in result['loadavg'])}. "
-        "Protocol: see the docstring of benchmarks/int8_fidelity.py. Default layer + GAP; target mean cosine "
-        f"{TARGET_COSINE} on the calibration photos; held-out images are disjoint from them.",
+        (f"{result['created']}; load average {', '.join(f'{x:.1f}' for x in result['loadavg'])}. "
+         "Protocol: see the docstring of benchmarks/int8_fidelity.py. Default layer + GAP; target mean cosine "
+         f"{TARGET_COSINE} on the calibration photos; held-out images are disjoint from them."),
         "",
-        "| model | fp32 nodes | cosine: calib. (naive int8) | held-out photos mean / min | edited copies mean / min "
-        "| drawings mean / min | copy mAP fp32 -> int8 (held-out) | probe acc. fp32 -> int8 |",
+        ("| model | fp32 nodes | cosine: calib. (naive int8) | held-out photos mean / min | edited copies mean / min "
+         "| drawings mean / min | copy mAP fp32 -> int8 (held-out) | probe acc. fp32 -> int8 |"),
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for model, r in result["models"].items():

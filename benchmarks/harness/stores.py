@@ -29,7 +29,8 @@ def dataset_store(name: str, paths: Sequence[str | Path], *, model: str = "effic
                   progress: bool = True, timeout: float = 6 * 3600, precision: str = "fp32") -> FeatureStore:
     """The store holding `paths` embedded with the given model/layer/pool/augment/precision (embedding what is
     missing)."""
-    parts = (name, model, layer or "default", pool or "default", augment) + (() if precision == "fp32" else (precision,))
+    parts = (name, model, layer or "default", pool or "default", augment)
+    parts += () if precision == "fp32" else (precision,)
     key = "-".join(str(part) for part in parts)
     root = bench_home() / "stores" / key.replace(":", "_").replace("/", "_")
     deadline = time.monotonic() + timeout

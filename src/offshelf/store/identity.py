@@ -8,7 +8,7 @@ compare and describe it here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,11 +26,13 @@ def full_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
             **{name: identity.get(name, default) for name, default in DEFAULTED_FIELDS.items()}}
 
 
-def describe_identity(identity: Mapping[str, Any] | None) -> str:
-    """`model=..., layer=..., ...` in the canonical order (extra fields last; fp32's defaults left out)."""
+def describe_identity(identity: Mapping[str, Any] | None, always: Sequence[str] = ()) -> str:
+    """`model=..., layer=..., ...` in the canonical order (extra fields last; a defaulted field is left out when it
+    has its default, unless named in `always`)."""
     if not identity:
         return "unspecified features"
-    shown = {k: v for k, v in identity.items() if DEFAULTED_FIELDS.get(k, v) != v or k not in DEFAULTED_FIELDS}
+    identity = {**{k: v for k, v in DEFAULTED_FIELDS.items() if k in always}, **identity}
+    shown = {k: v for k, v in identity.items() if k not in DEFAULTED_FIELDS or v != DEFAULTED_FIELDS[k] or k in always}
     order = [k for k in IDENTITY_FIELDS if k in shown] + [k for k in shown if k not in IDENTITY_FIELDS]
     return ", ".join(f"{k}={shown[k]}" for k in order)
 
@@ -51,7 +53,7 @@ def check_identity(found: Mapping[str, Any] | None, expected: Mapping[str, Any] 
     with braces in it stays as it is."""
     differ = identity_differences(found, expected)
     if differ:
-        values = {"{found}": describe_identity(found), "{expected}": describe_identity(expected),
+        values = {"{found}": describe_identity(found, differ), "{expected}": describe_identity(expected, differ),
                   "{differ}": ", ".join(differ)}
         for placeholder, value in values.items():
             message = message.replace(placeholder, value)
