@@ -23,6 +23,7 @@ Usage: python -m benchmarks.int8_fidelity [--models a,b] [--quick] [--out benchm
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from datetime import datetime, timezone
@@ -37,6 +38,7 @@ from benchmarks.datasets.photos import wallpapers
 from benchmarks.harness.retrieval_data import FULL, QUICK, copy_detection_set
 from benchmarks.harness.retrieval_eval import dense_ranks
 from benchmarks.harness.runinfo import StageClock, environment_info, write_json
+from benchmarks.harness.stores import dataset_store
 from offshelf.extract import Embedder, make_config
 from offshelf.models import TARGET_COSINE, get_model_spec, int8_report
 from offshelf.vectors import l2_normalize
@@ -59,7 +61,15 @@ def _copy_map(sets: dict[str, tuple[np.ndarray, np.ndarray]], query_original: np
     return float(np.mean(1.0 / ranks))
 
 
-def measure_model(model: str, quick: bool, clock: StageClock) -> dict[str, Any]:
+def _vectors_of(store: Any, paths: Any) -> np.ndarray:
+    """The stored vectors of `paths`, in their order."""
+    _, stored, matrix = store.vectors()
+    row = {p: i for i, p in enumerate(stored)}
+    return matrix[[row[str(Path(p).resolve())] for p in paths]]
+
+
+def measure_model(model: str, quick: bool, clock: StageClock, copy_detection: bool = True) -> dict[str, Any]:
+    """Parts 1-4 for `model` (part 3 only with `copy_detection`: 5,616 more images to embed per precision)."""
     spec = get_model_spec(model)
     with clock.stage(f"{model}/int8 graph"):
         report = int8_report(spec)
@@ -69,7 +79,12 @@ def measure_model(model: str, quick: bool, clock: StageClock) -> dict[str, Any]:
     sets, photos = {}, {}
     for precision in PRECISIONS:
         with clock.stage(f"{model}/{precision}/embed"):
-            sets[precision] = embedded_sets(data, task.data.paths, model, "gap", clock.progress, precision)
+            if copy_detection:
+                sets[precision] = embedded_sets(data, task.data.paths, model, "gap", clock.progress, precision)
+            else:
+                store = dataset_store("openclipart", task.data.paths, model=model, pool="gap",
+                                      progress=clock.progress, precision=precision)
+                sets[precision] = {"class": (_vectors_of(store, task.data.paths), None)}
             config = make_config(spec, precision=precision, calibration=report["calibration_sha256"])
             photos[precision] = Embedder(config).embed_files(walls)
     query_original = np.asarray(data.query_original)
@@ -85,28 +100,27 @@ def measure_model(model: str, quick: bool, clock: StageClock) -> dict[str, Any]:
         "search_seconds": report["search_seconds"],
         "cosine": {
             "wallpaper_photos": _cosines(photos["fp32"], photos["int8"]),
-            "wallpaper_queries": _cosines(sets["fp32"]["queries"][0][held_out_queries],
-                                          sets["int8"]["queries"][0][held_out_queries]),
             "openclipart": _cosines(sets["fp32"]["class"][0], sets["int8"]["class"][0]),
         },
     }
+    if copy_detection:
+        result["cosine"]["wallpaper_queries"] = _cosines(sets["fp32"]["queries"][0][held_out_queries],
+                                                         sets["int8"]["queries"][0][held_out_queries])
     for precision in PRECISIONS:
         with clock.stage(f"{model}/{precision}/evaluate"):
             cell = plain_cell(sets[precision]["class"][0], y, train, PLAIN_POST)
-            result[precision] = {
-                "copy_mAP": _copy_map(sets[precision], query_original, everything),
-                "copy_mAP_held_out": _copy_map(sets[precision], query_original, held_out_queries),
-                "openclipart_accuracy": float(cell["accuracy"]),
-                "openclipart_C": cell["C"],
-            }
+            result[precision] = {"openclipart_accuracy": float(cell["accuracy"]), "openclipart_C": cell["C"]}
+            if copy_detection:
+                result[precision]["copy_mAP"] = _copy_map(sets[precision], query_original, everything)
+                result[precision]["copy_mAP_held_out"] = _copy_map(sets[precision], query_original, held_out_queries)
     result["goals"] = {
         "mean_cosine_held_out": result["cosine"]["wallpaper_photos"]["mean"] >= TARGET_COSINE,
-        "copy_mAP_within_0.01": abs(result["int8"]["copy_mAP"] - result["fp32"]["copy_mAP"]) <= 0.01,
         "probe_accuracy_within_1_point": abs(result["int8"]["openclipart_accuracy"]
                                              - result["fp32"]["openclipart_accuracy"]) <= 0.01,
     }
+    if copy_detection:
+        result["goals"]["copy_mAP_within_0.01"] = abs(result["int8"]["copy_mAP"] - result["fp32"]["copy_mAP"]) <= 0.01
     clock.log(f"{model}: held-out cosine {result['cosine']['wallpaper_photos']['mean']:.4f}, "
-              f"copy mAP {result['fp32']['copy_mAP']:.4f} -> {result['int8']['copy_mAP']:.4f}, "
               f"probe {result['fp32']['openclipart_accuracy']:.3f} -> {result['int8']['openclipart_accuracy']:.3f}")
     return result
 
@@ -128,14 +142,16 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {model} | not measured: {r['error']} | | | | | | |")
             continue
         cos = r["cosine"]
+        copy = (f"| {r['fp32']['copy_mAP']:.4f} -> {r['int8']['copy_mAP']:.4f} "
+                f"({r['fp32']['copy_mAP_held_out']:.4f} -> {r['int8']['copy_mAP_held_out']:.4f}) "
+                if "copy_mAP" in r["fp32"] else "| not measured ")
         lines.append(
             f"| {model} | {len(r['fp32_nodes'])} of {len(r['fp32_nodes']) + r['quantized_nodes']} "
             f"| {r['calibration_fidelity']['mean_cosine']:.4f} ({r['naive_calibration_fidelity']['mean_cosine']:.4f}) "
-            + "".join(f"| {cos[k]['mean']:.4f} / {cos[k]['min']:.4f} "
-                      for k in ("wallpaper_photos", "wallpaper_queries", "openclipart"))
-            + f"| {r['fp32']['copy_mAP']:.4f} -> {r['int8']['copy_mAP']:.4f} "
-            f"({r['fp32']['copy_mAP_held_out']:.4f} -> {r['int8']['copy_mAP_held_out']:.4f}) "
-            f"| {r['fp32']['openclipart_accuracy']:.3f} -> {r['int8']['openclipart_accuracy']:.3f} |"
+            + "".join(f"| {c['mean']:.4f} / {c['min']:.4f} " if c else "| not measured "
+                      for c in (cos.get(k) for k in ("wallpaper_photos", "wallpaper_queries", "openclipart")))
+            + copy
+            + f"| {r['fp32']['openclipart_accuracy']:.3f} -> {r['int8']['openclipart_accuracy']:.3f} |"
         )
     lines += ["", "Goals (mean held-out cosine >= 0.98; copy mAP within 0.01; probe accuracy within 1 point):", ""]
     for model, r in result["models"].items():
@@ -149,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.int8_fidelity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated packaged models")
     parser.add_argument("--quick", action="store_true", help="the tiny data subsets (a smoke run)")
+    parser.add_argument("--no-copy-detection", default="", metavar="MODELS",
+                        help="comma-separated models measured without part 3 (its 5,616 images per precision)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other models' rows of an existing results file (each row says when it ran)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results; "
                         "--quick: none unless given)")
     args = parser.parse_args(argv)
@@ -156,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     models: dict[str, Any] = {}
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         try:
-            models[model] = measure_model(model, args.quick, clock)
+            models[model] = measure_model(model, args.quick, clock, model not in args.no_copy_detection.split(","))
+            models[model]["created"] = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
         except Exception as exc:  # noqa: BLE001 -- one model that cannot be quantized is reported, not fatal
             models[model] = {"error": f"{type(exc).__name__}: {exc}"}
             clock.log(f"{model}: {models[model]['error']}")
@@ -164,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
               "environment": environment_info(), "loadavg": os.getloadavg(), "models": models,
               "seconds": clock.seconds}
     out = args.out or (None if args.quick else RESULTS_DIR)
+    if args.merge and out is not None and (out / "int8_fidelity.json").is_file():
+        previous = json.loads((out / "int8_fidelity.json").read_text())["models"]
+        result["models"] = {**previous, **models}
     text = markdown(result)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
