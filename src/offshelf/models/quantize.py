@@ -193,11 +193,16 @@ class _Search:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
         out = self.work / "candidate.onnx"
-        logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT's pre-process advice
-        quantize_static(str(self.pre), str(out), None, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        nodes_to_quantize=list(only), nodes_to_exclude=list(exclude),
-                        calibration_cache_path=self.work / "ranges.json")
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(max(level, logging.ERROR))  # ORT advises pre-processing on every call: it was done
+        try:
+            quantize_static(str(self.pre), str(out), None, quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            nodes_to_quantize=list(only), nodes_to_exclude=list(exclude),
+                            calibration_cache_path=self.work / "ranges.json")
+        finally:
+            root.setLevel(level)
         return out
 
     def fidelity(self, photos: np.ndarray, **nodes: Sequence[str]) -> np.ndarray:
