@@ -156,7 +156,12 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "Goals (mean held-out cosine >= 0.98; copy mAP within 0.01; probe accuracy within 1 point):", ""]
     for model, r in result["models"].items():
         if "goals" in r:
-            lines.append(f"- {model}: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in r["goals"].items())
+            accuracy = 100 * (r["int8"]["openclipart_accuracy"] - r["fp32"]["openclipart_accuracy"])
+            deltas = {"mean_cosine_held_out": f"{r['cosine']['wallpaper_photos']['mean']:.4f}",
+                      "probe_accuracy_within_1_point": f"{accuracy:+.2f} points",
+                      "copy_mAP_within_0.01": f"{r['int8'].get('copy_mAP', 0) - r['fp32'].get('copy_mAP', 0):+.4f}"}
+            lines.append(f"- {model}: " + ", ".join(f"{k} {'met' if v else 'MISSED'} ({deltas[k]})"
+                                                    for k, v in r["goals"].items())
                          + f"; fp32 nodes: {', '.join(r['fp32_nodes']) or 'none'}")
     return "\n".join(lines) + "\n"
 
