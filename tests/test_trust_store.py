@@ -252,6 +252,13 @@ def test_check_rebuilds_a_damaged_index(store: FeatureStore) -> None:
     assert repaired["healthy"] and repaired["repair"]["kind"] == "hnsw"
     assert sorted(load_store_index(store.root).ids().tolist()) == sorted(store.vectors()[0].tolist())
 
+    manifest = store.root / "index" / "index.json"  # settings no build accepts, and unreadable data
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"params": {"M": "many", "shell": "rm"}}))
+    repaired = check_store_index(store.root, repair=True)
+    assert repaired["healthy"] and repaired["repair"]["kind"] == "flat"
+    assert "recorded settings are unusable" in repaired["repair"]["rebuilt_as_flat"]
+    assert sorted(load_store_index(store.root).ids().tolist()) == sorted(store.vectors()[0].tolist())
+
 
 # -- finding 6 and offshelf compact --------------------------------------------------------------------------
 def test_compact_leaves_exactly_the_collection_for_duckdb(store: FeatureStore) -> None:

@@ -138,14 +138,17 @@ def update_store_index(store_dir: str | Path, *, force: bool = False) -> dict[st
 
 
 def _rebuild(store: FeatureStore) -> dict[str, Any]:
-    """Build the index again, of the kind and parameters its manifest names (flat if it names none)."""
+    """Build the index again, of the kind and parameters its manifest names; flat if it names none, or if
+    the damaged manifest's settings are not ones a build accepts (the report says which and why)."""
     try:
         manifest = read_manifest(store_index_dir(store.root))
         settings = {"kind": manifest["kind"], "pca": manifest.get("pca"), "whiten": bool(manifest.get("whiten")),
                     **dict(manifest.get("params") or {})}
-    except (OffshelfError, TypeError, ValueError):
-        settings = {"kind": "flat"}
-    return build_store_index(store.root, **settings)
+        return build_store_index(store.root, **settings)
+    except (OffshelfError, TypeError, ValueError, KeyError) as exc:
+        report = build_store_index(store.root, "flat")
+        report["rebuilt_as_flat"] = f"the index's recorded settings are unusable: {exc}"
+        return report
 
 
 def check_store_index(store_dir: str | Path, *, repair: bool = False) -> dict[str, Any]:
@@ -180,8 +183,8 @@ def check_store_index(store_dir: str | Path, *, repair: bool = False) -> dict[st
     if repair and problems:
         outcome = _rebuild(store) if index is None else update_store_index(store.root, force=True)
         report["repaired"], report["problems"] = problems, []
-        report["repair"] = {k: v for k, v in (outcome or {}).items() if k in ("kind", "n", "added", "removed",
-                                                                             "replaced", "deferred")}
+        kept = ("kind", "n", "added", "removed", "replaced", "deferred", "rebuilt_as_flat")
+        report["repair"] = {k: v for k, v in (outcome or {}).items() if k in kept}
         if outcome and "deferred" in outcome:
             raise BusyError(outcome["deferred"])
         report["n"] = (outcome or {}).get("n", report.get("n"))
