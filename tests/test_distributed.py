@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import ray
 
 from offshelf import FeatureStore, embed
 from offshelf.distributed import build_index_on_ray, embed_on_ray
@@ -25,8 +26,6 @@ from offshelf.index import build_store_index, load_store_index
 from offshelf.search import Searcher
 from offshelf.store import path_id
 from tests.test_index import make_store, mixture
-
-ray = pytest.importorskip("ray")  # the `ray` extra, part of `test`: absent only outside the test install
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -28,6 +28,9 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     print(f"{report['kind']} index of {report['n']} vectors: recall@1 {report['recall_at_1']:.3f}, "
           f"recall@10 {report['recall_at_10']:.3f} (against exact search), "
           f"{report['bytes_per_vector']:.0f} bytes/vector, {report['qps']:.0f} queries/s -> {report['path']}")
+    if report.get("engine") == "ray":
+        print(f"built in {report['tasks']} Ray tasks: train {report['train_seconds']:.1f} s, add "
+              f"{report['add_seconds']:.1f} s, merge {report['merge_seconds']:.2f} s")
     if "tuning" in report:
         print(f"tuning: {report['tuning'].get('message', report['tuning'])}")
     return EXIT_OK

@@ -4,7 +4,7 @@ installed Ray Data (`concurrency=N` from 2.9 to 2.50, `compute=ActorPoolStrategy
 from __future__ import annotations
 
 import logging
-import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,7 +29,6 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if ray.is_initialized():
         yield
         return
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ warnings are not the user's business
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
     try:
         if address:
@@ -41,7 +40,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         raise OffshelfError(f"cannot start or join {where}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
     _quiet_ray_data()
     try:
-        yield
+        with warnings.catch_warnings():  # Ray Data's advice on small inputs (fewer blocks than actors)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"ray\.data")
+            yield
     finally:
         ray.shutdown()
 

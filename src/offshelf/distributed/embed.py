@@ -85,7 +85,8 @@ def _run(run: EmbedSession, actors: int, cpus: float | None, batch_size: int, sh
     recipe = resolve_spec(config.model, config.model_spec, origin).preprocessing  # the model loads in the actors
     reader = Reader(recipe.size, config.augment, max_pixels, recipe.resize, recipe.resample)  # type: ignore[arg-type]
     previous = {path: state for path, state in run.todo if state is not None}
-    blocks = -(-len(run.todo) // batch_size)  # a read task per batch of files, so that every actor gets work
+    # a read task per batch of files (at least one per actor, so that every actor gets work)
+    blocks = min(len(run.todo), max(actors, -(-len(run.todo) // batch_size)))
     data = ray.data.read_binary_files([path for path, _ in run.todo], include_paths=True, num_cpus=DECODE_TASK_CPUS,
                                       ignore_missing_paths=True, override_num_blocks=blocks)
     decoded = data.map_batches(_decode, fn_kwargs={"reader": reader, "previous": previous}, batch_size=batch_size,
