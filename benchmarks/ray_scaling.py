@@ -34,6 +34,7 @@ Usage: python -m benchmarks.ray_scaling [--n 300] [--rounds 2] [--index-n 20000]
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -151,8 +152,18 @@ def scaling_paragraph(r: dict[str, Any]) -> str:
     )
 
 
+def per_image(r: dict[str, Any]) -> dict[str, float]:
+    """Seconds per image beyond a run's fixed cost: (time of the full run - time of the tiny run) / (images
+    between them), for the local engine and the Ray engine with 2 actors, and the Ray engine's overhead then."""
+    extra = r["photos"] - r["tiny"]["images"]
+    local = (r["embed"]["local"]["seconds"] - r["tiny_local"]["seconds"]) / extra
+    ray = (r["embed"]["ray-2"]["seconds"] - r["tiny"]["seconds"]) / extra
+    return {"local_s_per_image": local, "ray_s_per_image": ray, "overhead": ray / local - 1,
+            "fixed_s": r["tiny"]["seconds"] - r["tiny"]["images"] * ray}
+
+
 def markdown(r: dict[str, Any]) -> str:
-    e, local = r["embed"], r["embed"]["local"]
+    e, local, pi = r["embed"], r["embed"]["local"], per_image(r)
     lines = [
         "# Ray scaling (`benchmarks/ray_scaling.py`)",
         "",
@@ -179,6 +190,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"{'met' if o['met'] else 'missed'}); {o['with_instance_start']:+.0%} for a command that starts and stops "
         f"its own local instance.**",
         "",
+        f"Beyond the fixed cost (a {r['tiny']['images']}-image run), an image costs {pi['ray_s_per_image'] * 1e3:.0f} ms "
+        f"with the Ray engine (2 actors) and {pi['local_s_per_image'] * 1e3:.0f} ms with the local engine: "
+        f"{pi['overhead']:+.0%}, and a run pays about {pi['fixed_s']:.0f} s once (actors starting and loading the "
+        "model, the plan), so the overhead of a long run tends to the former.",
+        "",
         "| index build (ivfpq) | n | train + add s | train s | add s (Ray tasks) | merge s | total s | recall@1 | recall@10 |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -203,7 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 24 photos, 1 round, 3,000 vectors")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--render", type=Path, default=None, help="only write the Markdown of a results JSON")
     args = parser.parse_args(argv)
+    if args.render:
+        result = json.loads(args.render.read_text())
+        atomic_write_bytes(args.render.with_suffix(".md"), markdown(result).encode())
+        return 0
     if args.quick:
         args.n, args.rounds, args.index_n = 24, 1, 3_000
     out = args.out or (bench_home() / "quick-results" if args.quick else RESULTS_DIR)

@@ -20,7 +20,7 @@ import ray
 
 from offshelf import FeatureStore, embed
 from offshelf.distributed import build_index_on_ray, embed_on_ray
-from offshelf.distributed.cluster import actor_pool, cpus_per_actor, ray_session
+from offshelf.distributed.cluster import actor_pool, default_cpus_per_actor, ray_session
 from offshelf.errors import OffshelfError
 from offshelf.index import build_store_index, load_store_index
 from offshelf.search import Searcher
@@ -141,4 +141,23 @@ def test_actor_pool_argument_follows_the_installed_ray(monkeypatch: pytest.Monke
 
 
 def test_actors_share_the_cpus_left_after_decoding(cluster: str) -> None:
-    assert cpus_per_actor(1) == 1.5 and cpus_per_actor(2) == 0.75  # 2 CPUs, 0.5 kept for decode tasks
+    assert default_cpus_per_actor(1) == 1.5 and default_cpus_per_actor(2) == 0.75  # 2 CPUs, 0.5 kept for decode tasks
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["embed", "x.jpg", "--store", "s", "--engine", "ray", "--workers", "2"], "--workers does not apply to --engine ray"),
+    (["embed", "x.jpg", "--store", "s", "--actors", "2"], "--actors does not apply to --engine local"),
+    (["index", "build", "--store", "s", "--kind", "flat", "--tasks", "2", "--address", "h:1"],
+     "--address, --tasks do not apply to --engine local"),
+    (["index", "build", "--store", "s", "--kind", "flat", "--engine", "ray", "--target-recall", "0.9"],
+     "--target-recall does not apply to --engine ray"),
+])
+def test_options_of_the_other_engine_are_refused(argv: list[str], message: str, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from offshelf.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"offshelf: error: {message}"
+    assert not (tmp_path / "s").exists()  # refused before anything was created

@@ -57,7 +57,7 @@ def _quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
-def cpus_per_actor(actors: int) -> float:
+def default_cpus_per_actor(actors: int) -> float:
     """CPUs each of `actors` actors asks for: the cluster's CPUs less a share per node for decoding, split over
     the actors, and never more than one node offers (an actor runs on one node)."""
     import ray

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from offshelf.distributed.cluster import DECODE_TASK_CPUS, actor_pool, cpus_per_actor, ray_session
+from offshelf.distributed.cluster import DECODE_TASK_CPUS, actor_pool, default_cpus_per_actor, ray_session
 from offshelf.errors import OffshelfError
 from offshelf.extract.embedder import Embedder
 from offshelf.extract.reader import Outcome, Reader
@@ -58,8 +58,8 @@ def embed_on_ray(
 ) -> EmbedSummary:
     """`offshelf.embed` on Ray: the same store, errors table and resume rule, the work spread over a cluster.
 
-    Joins the cluster at `address`; without one, uses the Ray instance this process already joined, or starts a
-    local one for the run. `actors` ONNX Runtime actors each ask Ray for `cpus_per_actor` CPUs (default: the
+    Runs on the Ray instance this process already joined, else joins the cluster at `address`, else starts a
+    local instance for the run. `actors` ONNX Runtime actors each ask Ray for `cpus_per_actor` CPUs (default: the
     cluster's CPUs less a quarter per node for decoding, split over the actors) and run that many threads.
     Every path must be readable under the same name on every node (a shared filesystem). The other options are
     the local engine's (`offshelf.embed`).
@@ -92,7 +92,7 @@ def _run(run: EmbedSession, actors: int, cpus: float | None, batch_size: int, sh
     decoded = data.map_batches(_decode, fn_kwargs={"reader": reader, "previous": previous}, batch_size=batch_size,
                                num_cpus=DECODE_TASK_CPUS, batch_format="numpy")
     embedded = decoded.map_batches(_EmbedActor, fn_constructor_kwargs={"config": config, "origin": str(origin)},
-                                   batch_size=batch_size, num_cpus=cpus or cpus_per_actor(actors),
+                                   batch_size=batch_size, num_cpus=cpus or default_cpus_per_actor(actors),
                                    batch_format="numpy", **actor_pool(actors))
     seen: set[str] = set()
     with tqdm(total=len(run.todo), unit="img", disable=not progress, dynamic_ncols=True, desc="embed (ray)") as bar:

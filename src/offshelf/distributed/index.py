@@ -36,7 +36,7 @@ def build_index_on_ray(store_dir: str | Path, kind: str = "ivfpq", *, pca: int |
                        **params: Any) -> dict[str, Any]:
     """`build_store_index` with the adding spread over `tasks` Ray tasks (default: the cluster's CPUs).
 
-    Joins the cluster at `address` (else the Ray instance this process joined, else a local one for the call);
+    Runs on the Ray instance this process already joined, else the cluster at `address`, else a local one;
     the store must be readable under the same path on every node. Returns `build_store_index`'s report plus
     `engine`, `tasks`, `train_seconds`, `add_seconds` and `merge_seconds`.
     """
