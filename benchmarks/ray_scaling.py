@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Ray scaling: the Ray engine against the local engine on this machine, and what N nodes would give.
 
 Method (time.perf_counter, one process, everything side by side in one run; the machine is shared, so the
