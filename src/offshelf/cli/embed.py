@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from offshelf.cli.common import EXIT_OK, Subparsers, add_command, add_json_option, positive_int, print_json
+from offshelf.cli.engine import add_engine_options, check_engine_options
 from offshelf.images import DEFAULT_MAX_PIXELS, VIEW_COUNTS
 
 
@@ -24,23 +25,18 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from offshelf.extract import embed
+    options = {"model": args.model, "layer": args.layer, "pool": args.pool, "augment": args.augment,
+               "batch_size": args.batch_size, "shard_size": args.shard_size, "max_pixels": args.max_pixels,
+               "progress": not args.quiet, "readd": args.readd}
+    check_engine_options(args, ray_only=("address", "actors"), local_only=("workers", "threads"))
+    if args.engine == "ray":
+        from offshelf.distributed import embed_on_ray
 
-    summary = embed(
-        args.paths,
-        args.store,
-        model=args.model,
-        layer=args.layer,
-        pool=args.pool,
-        augment=args.augment,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        threads=args.threads,
-        shard_size=args.shard_size,
-        max_pixels=args.max_pixels,
-        progress=not args.quiet,
-        readd=args.readd,
-    )
+        summary = embed_on_ray(args.paths, args.store, address=args.address, actors=args.actors or 1, **options)
+    else:
+        from offshelf.extract import embed
+
+        summary = embed(args.paths, args.store, workers=args.workers, threads=args.threads, **options)
     if args.json:
         print_json(summary.to_dict())
         return EXIT_OK
@@ -74,5 +70,6 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--shard-size", type=positive_int, default=1024, help="images per committed shard")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb limit")
     p.add_argument("--readd", action="store_true", help="embed files removed from the store again (re-add them)")
+    add_engine_options(p, {"actors": "ONNX Runtime actors in Ray's pool (default 1; each gets its share of the CPUs)"})
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")

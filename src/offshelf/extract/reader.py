@@ -18,6 +18,7 @@ import numpy as np
 from offshelf.images import (
     DEFAULT_MAX_PIXELS,
     Augment,
+    FileBytes,
     ImageDecodeError,
     decode_image,
     make_views,
@@ -50,10 +51,16 @@ class Reader:
 
     def load(self, path: str, previous: FileState | None = None) -> Outcome:
         """One file's outcome; never raises for a bad file (a bad file must never stop a run)."""
-        state: FileState | None = None
         try:
             read = read_file(Path(path))
-            state = FileState(read.sha256, read.size, read.mtime_ns)
+        except ImageDecodeError as exc:
+            return Outcome(path, None, error=exc.reason)
+        return self.load_bytes(path, read, previous)
+
+    def load_bytes(self, path: str, read: FileBytes, previous: FileState | None = None) -> Outcome:
+        """`load` of a file whose bytes were already read (by another engine, e.g. Ray Data)."""
+        state = FileState(read.sha256, read.size, read.mtime_ns)
+        try:
             if previous is not None and previous.sha256 == state.sha256:
                 return Outcome(path, state, unchanged=True)
             min_size = views_min_size(self.size, self.augment, self.resample)

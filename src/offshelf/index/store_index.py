@@ -48,12 +48,19 @@ def build_store_index(store_dir: str | Path, kind: str, pca: int | None = None, 
         start = time.perf_counter()
         index, report["tuning"] = tune(index, target_recall, vectors, ids, sample=sample, seed=seed)
         report["tune_seconds"] = time.perf_counter() - start
-    measured = measure_recall(index, vectors, ids, sample=sample, seed=seed + 1)
-    if index.pca is not None or index.whiten:
-        in_index_space = measure_recall(index, vectors, ids, sample=sample, seed=seed + 1, space="index")
-        measured["recall_at_10_index_space"] = in_index_space["recall_at_10"]
     index.store_seq = snapshot.seq
-    path = store_index_dir(store_dir)
+    return finish_store_index(index, store, vectors, ids, sample=sample, seed=seed + 1, report=report)
+
+
+def finish_store_index(index: VectorIndex, store: FeatureStore, vectors: np.ndarray, ids: np.ndarray, *,
+                       sample: int, seed: int, report: dict[str, Any]) -> dict[str, Any]:
+    """Measure a freshly built index of the store's commits up to `index.store_seq` (recall on `sample` queries,
+    seed `seed`), catch it up with what was committed during the build and save it as the store's index."""
+    measured = measure_recall(index, vectors, ids, sample=sample, seed=seed)
+    if index.pca is not None or index.whiten:
+        in_index_space = measure_recall(index, vectors, ids, sample=sample, seed=seed, space="index")
+        measured["recall_at_10_index_space"] = in_index_space["recall_at_10"]
+    path = store_index_dir(store.root)
     for attempt in range(_LOCK_TRIES):  # an embed or remove may be updating the old index for a moment
         try:
             with directory_lock(path):
