@@ -214,7 +214,8 @@ def markdown(result: dict) -> str:
         + f". Load average {result['load_average_start']} at the start, {result['load_average_end']} at the end; "
         f"other processes used {result['other_processes_cpu_share']:.0%} of the CPUs meanwhile.",
         "",
-        "Sets: " + ", ".join(f"{k} ({v['images']} files, {v['long_side']} px long side)" for k, v in result["sets"].items())
+        "Sets: " + ", ".join(f"{k} ({v['images']} files, {v['long_side']} px long side)"
+                             for k, v in result["sets"].items())
         + ". CPU ms of the one decoding thread per image, each image's "
         f"cheapest of {result['args']['passes']} passes (images/s = 1000 / CPU ms); method: see the docstring of "
         "benchmarks/decode_speed.py.",
@@ -232,7 +233,8 @@ def markdown(result: dict) -> str:
                     f"{r['images_per_s']:.0f} | {ref / r['ms_per_image']:.2f}x | "
                     f"{'-' if diff is None else f'{diff:.3f}'} |")
     lines += ["", "The pipeline's reader (`Reader(224).load(path)`: read, sha256, decode, resize), 2 threads:", "",
-              "| set | decoder | CPU ms/image | images/s (wall) | CPU vs pillow |", "| --- | --- | ---: | ---: | ---: |"]
+              "| set | decoder | CPU ms/image | images/s (wall) | CPU vs pillow |",
+              "| --- | --- | ---: | ---: | ---: |"]
     for s, decoders in result["reader"].items():
         for name, r in decoders.items():
             lines.append(f"| {s} | {name} | {r['cpu_ms_per_image']:.2f} | {r['images_per_s']:.0f} | "
@@ -306,9 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     for s in files:
         z = methods[s]["224"]
         fastest = min(z, key=lambda k: z[k]["ms_per_image"])
+        draft = z["pillow-draft"]["ms_per_image"]
         notes.append(f"{s}, 224: fastest {fastest} ({z[fastest]['ms_per_image']:.2f} ms); simplejpeg "
-                     f"{z['pillow-draft']['ms_per_image'] / z['simplejpeg']['ms_per_image']:.2f}x pillow-draft"
-                     + (f", pillow-simd-draft {z['pillow-draft']['ms_per_image'] / z['pillow-simd-draft']['ms_per_image']:.2f}x"
+                     f"{draft / z['simplejpeg']['ms_per_image']:.2f}x pillow-draft"
+                     + (f", pillow-simd-draft {draft / z['pillow-simd-draft']['ms_per_image']:.2f}x"
                         if "pillow-simd-draft" in z else "") + ".")
     result = {
         "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),

@@ -2,7 +2,8 @@
 
 Each worker reads a file's bytes once, hashes them, skips the file if its bytes are what the store already
 holds, and otherwise decodes it and builds its views. Pillow, simplejpeg and hashlib release the GIL, so
-decoding overlaps with ONNX Runtime in the calling thread. A file that cannot be read becomes a failed outcome with the reason.
+decoding overlaps with ONNX Runtime in the calling thread. A file that cannot be read becomes a failed outcome
+with the reason.
 """
 
 from __future__ import annotations

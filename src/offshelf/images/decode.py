@@ -32,7 +32,6 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import Literal
 
 import numpy as np
@@ -206,8 +205,9 @@ def decode_image(
 
     ``min_size``: if given, JPEGs are DCT-downscaled by 1/2, 1/4 or 1/8 as long as both sides stay
     >= ``min_size`` (never upscaled; other formats decode at full size). ``max_pixels`` is checked on the
-    header size (before orientation and downscaling). ``jpeg_decoder``: "simplejpeg" (the default, faster) or
-    "pillow" decodes the pixels of RGB and grayscale JPEGs. Every failure raises ``ImageDecodeError``.
+    header size (before orientation and downscaling). ``jpeg_decoder``: "simplejpeg" (the default; the same
+    pixels, cheaper on large files) or "pillow" decodes the pixels of RGB and grayscale JPEGs. Every failure
+    raises ``ImageDecodeError``.
 
     Caveat: Pillow itself refuses images above ``2 * Image.MAX_IMAGE_PIXELS`` (its global, ~179 MP by
     default) while opening; that is reported as "too many pixels" too, so ``max_pixels`` above that value
