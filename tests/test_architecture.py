@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"offshelf.models", "offshelf.images", "offshelf.transforms", "offshelf.metrics", "offshelf.vectors"},
     {"offshelf.store"},
     {"offshelf.extract", "offshelf.index"},
-    {"offshelf.search", "offshelf.probe", "offshelf.baselines"},
+    {"offshelf.search", "offshelf.probe", "offshelf.baselines", "offshelf.distributed"},
     {"offshelf.upgrade", "offshelf.evaluate", "offshelf.demo", "offshelf.dedup"},
     {"offshelf.cli", "offshelf.serve"},
 ]
@@ -115,9 +115,10 @@ def test_the_cycle_check_sees_a_cycle() -> None:
 
 
 def test_importing_offshelf_loads_no_benchmark_torch_sklearn_or_matplotlib_code() -> None:
-    """The public API imports only what inference needs; scikit-learn, FAISS and torch load when a stage needs them."""
+    """The public API imports only what inference needs; scikit-learn, FAISS, torch and Ray load when a stage needs
+    them."""
     code = ("import sys, offshelf; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'benchmarks', 'torch', 'matplotlib', 'sklearn', 'transformers', 'fastapi'}))")
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'benchmarks', 'torch', 'matplotlib', 'sklearn', 'transformers', 'fastapi', 'ray'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     assert not (SRC / "offshelf" / "bench").exists() and not (SRC / "offshelf" / "datasets").exists()

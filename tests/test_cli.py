@@ -62,6 +62,7 @@ def test_embed_search_info_json(tmp_path: Path, photos: list[Path]) -> None:
         (["search", "{photo}", "--store", "{tmp}/nothing"], "no feature store"),
         (["search", "{tmp}/missing.jpg", "--store", "{tmp}/nothing"], "no feature store"),
         (["embed"], "required"),
+        (["serve", "--store", "{tmp}/s", "--port", "70000"], "port number from 1 to 65535, got 70000"),
         (["frobnicate"], "invalid choice"),
     ],
 )

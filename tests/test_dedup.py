@@ -16,6 +16,7 @@ from offshelf.cli import main
 from offshelf.dedup import dedup, exact_pairs, form_groups, precision_threshold, restore
 from offshelf.dedup.state import DEDUP_DIR, STATE_FILE
 from offshelf.errors import OffshelfError
+from offshelf.store import FeatureStore
 from offshelf.images.copies import colour_change, jpeg, rescale, rotate
 from offshelf.vectors import l2_normalize
 
@@ -83,7 +84,6 @@ def test_calibrated_threshold_reaches_its_precision_on_held_out_copies(collectio
     """Copies made with edits the calibration never used (other strengths, other seeds) of every photo:
     the pairs above the calibrated threshold keep the target precision."""
     from offshelf.extract import Embedder
-    from offshelf.store import FeatureStore
 
     root, _ = collection
     store, report = first_run
@@ -152,10 +152,16 @@ def test_move_to_and_restore_through_the_cli(collection, tmp_path, capsys) -> No
     assert moved == {Path(c).name for copies in truth.values() for c in copies} | {"motorcycle_right.png"}
     assert sorted(p.name for p in root.iterdir()) == sorted(set(before) - moved)
     assert all(Path(m["to"]).is_file() for m in report["moved"])
-    assert main(["dedup", "--restore", report["log"], "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["restored"] == len(moved)
+    moved_paths = {m["from"] for m in report["moved"]}
+    assert not moved_paths & set(FeatureStore.open(store).known_files())
+    assert main(["dedup", "--restore", report["log"], "--json", "--quiet"]) == 0
+    restored = json.loads(capsys.readouterr().out)
+    assert (restored["restored"], restored["readded"], restored["store"]) == (len(moved), len(moved), str(store))
     assert sorted(p.name for p in root.iterdir()) == before
-    assert restore(Path(report["log"]))["already_in_place"] == len(moved)
+    assert moved_paths <= set(FeatureStore.open(store).known_files())  # back in the store, not only on disk
+    assert not moved_paths & set(FeatureStore.open(store).removed().column("path").to_pylist())
+    again = restore(Path(report["log"]), progress=False)
+    assert (again["already_in_place"], again["readded"]) == (len(moved), 0)
 
 
 def test_restore_refuses_a_log_pointing_outside_its_folder(tmp_path) -> None:

@@ -185,6 +185,12 @@ def test_add_then_remove_an_item(client: TestClient, store_copy: Path, photos: l
     assert item["id"] not in FeatureStore.open(store_copy).vectors()[0]
     assert all(h["id"] != item["id"] for h in client.post("/v1/search", files=_image(data)).json()["hits"])
 
+    other = int(FeatureStore.open(store_copy).vectors()[0][0])
+    FeatureStore.open(store_copy).remove(ids=[other])  # as `offshelf remove` in another process would
+    gone = client.delete(f"/v1/items/{other}")
+    assert gone.status_code == 404 and f"no item with id {other}" in gone.text, gone.text
+    assert client.post("/v1/search", json={"id": other}).status_code == 404
+
 
 def test_writes_need_the_key_when_one_is_set(store_copy: Path, photos: list[Path],
                                              monkeypatch: pytest.MonkeyPatch) -> None:

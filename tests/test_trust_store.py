@@ -225,6 +225,23 @@ def test_check_names_damage_and_repair_lets_embed_redo_exactly_those_files(tmp_p
     assert offshelf("check", "--store", root).returncode == 0
 
 
+def test_check_reports_a_damaged_manifest_with_exit_3_and_touches_nothing(store: FeatureStore,
+                                                                          tmp_path: Path) -> None:
+    manifest = store.root / "manifest.json"
+    edited = json.loads(manifest.read_text()) | {"layer": "stage5"}  # edited, checksum not
+    manifest.write_text(json.dumps(edited))
+    before = {p: p.read_bytes() for p in store.root.rglob("*") if p.is_file()}
+    for repair in ([], ["--repair"]):
+        result = offshelf("check", "--store", store.root, *repair)
+        assert result.returncode == 3, (result.stdout, result.stderr)
+        assert f"damaged: {manifest}: damaged manifest: its content does not match" in result.stdout
+    report = json.loads(offshelf("check", "--store", store.root, "--json").stdout)
+    assert not report["healthy"] and report["shards"] == len(list((store.root / "shards").glob("*.parquet")))
+    assert [p["file"] for p in report["problems"]] == [str(manifest)]
+    assert {p: p.read_bytes() for p in store.root.rglob("*") if p.is_file()} == before
+    one_line_error(offshelf("check", "--store", tmp_path / "nothing"), "no feature store")
+
+
 def test_check_rebuilds_a_damaged_index(store: FeatureStore) -> None:
     build_store_index(store.root, "hnsw")
     data = next((store.root / "index").glob("faiss-*.index"))
@@ -233,6 +250,13 @@ def test_check_rebuilds_a_damaged_index(store: FeatureStore) -> None:
     assert not report["healthy"] and "unreadable" in report["problems"][0]["what"]
     repaired = check_store_index(store.root, repair=True)
     assert repaired["healthy"] and repaired["repair"]["kind"] == "hnsw"
+    assert sorted(load_store_index(store.root).ids().tolist()) == sorted(store.vectors()[0].tolist())
+
+    manifest = store.root / "index" / "index.json"  # settings no build accepts, and unreadable data
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"params": {"M": "many", "shell": "rm"}}))
+    repaired = check_store_index(store.root, repair=True)
+    assert repaired["healthy"] and repaired["repair"]["kind"] == "flat"
+    assert "recorded settings are unusable" in repaired["repair"]["rebuilt_as_flat"]
     assert sorted(load_store_index(store.root).ids().tolist()) == sorted(store.vectors()[0].tolist())
 
 

@@ -5,6 +5,7 @@ in a resumable Parquet feature store, and search them. See README.md and docs/ar
 """
 
 from offshelf._version import __version__
+from offshelf.distributed import embed_on_ray
 from offshelf.errors import OffshelfError, StoreError
 from offshelf.extract import Embedder, EmbedSummary, embed, make_config
 from offshelf.extract.pooling import Pooling
@@ -47,6 +48,7 @@ __all__ = [
     "compact",
     "decode_image",
     "embed",
+    "embed_on_ray",
     "find_images",
     "get_model_spec",
     "int8_report",

@@ -11,5 +11,9 @@ class StoreError(OffshelfError):
     """A feature store is missing, unreadable, or was asked to mix incompatible features."""
 
 
+class UnknownItemsError(StoreError):
+    """Items named by path or id are not (or no longer) in the store."""
+
+
 class BusyError(OffshelfError):
     """Another process holds the lock on a store, index or cache entry; retry when it is done."""

@@ -35,7 +35,8 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--model", default="efficientnet-lite0", help="backbone of a new store")
     p.add_argument("--move-to", type=Path, default=None, metavar="DIR",
                    help="move the duplicates into DIR, with a log that --restore undoes")
-    p.add_argument("--restore", type=Path, default=None, metavar="LOG", help="move the files of a log back")
+    p.add_argument("--restore", type=Path, default=None, metavar="LOG",
+                   help="move the files of a log back, and add them back to the store (--store, else the log's)")
     p.add_argument("--csv", type=Path, default=None, metavar="FILE", help="write group,role,path,score rows")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     add_json_option(p)
@@ -62,12 +63,13 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     if args.restore is not None:
         if args.paths or args.move_to:
             raise OffshelfError("--restore LOG takes no PATH and no --move-to")
-        result = restore(args.restore)
+        result = restore(args.restore, args.store, progress=not args.quiet)
         if args.json:
             print_json(result)
         else:
             print(f"restored {result['restored']} files ({result['already_in_place']} already in place) "
-                  f"from {result['log']}")
+                  f"from {result['log']}; {result['readded']} added back to store {result['store']}"
+                  + (f" (not added back: {result['readd_skipped']})" if "readd_skipped" in result else ""))
         return EXIT_OK
     if not args.paths or args.store is None:
         raise OffshelfError("dedup needs PATH... and --store DIR (or --restore LOG)")

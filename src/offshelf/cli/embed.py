@@ -14,6 +14,7 @@ from offshelf.cli.common import (
     positive_int,
     print_json,
 )
+from offshelf.cli.engine import add_engine_options, check_engine_options
 from offshelf.images import DEFAULT_MAX_PIXELS, VIEW_COUNTS
 
 
@@ -32,25 +33,20 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from offshelf.extract import embed
+    options = {"model": args.model, "layer": args.layer, "pool": args.pool, "augment": args.augment,
+               "batch_size": args.batch_size, "shard_size": args.shard_size, "max_pixels": args.max_pixels,
+               "progress": not args.quiet, "readd": args.readd}
+    check_engine_options(args, ray_only=("address", "actors"),
+                         local_only=("workers", "threads", "precision", "calibrate_on"))
+    if args.engine == "ray":
+        from offshelf.distributed import embed_on_ray
 
-    summary = embed(
-        args.paths,
-        args.store,
-        model=args.model,
-        layer=args.layer,
-        pool=args.pool,
-        augment=args.augment,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        threads=args.threads,
-        shard_size=args.shard_size,
-        max_pixels=args.max_pixels,
-        progress=not args.quiet,
-        readd=args.readd,
-        precision=args.precision,
-        calibrate_on=args.calibrate_on,
-    )
+        summary = embed_on_ray(args.paths, args.store, address=args.address, actors=args.actors or 1, **options)
+    else:
+        from offshelf.extract import embed
+
+        summary = embed(args.paths, args.store, workers=args.workers, threads=args.threads, precision=args.precision,
+                        calibrate_on=args.calibrate_on, **options)
     if args.json:
         print_json(summary.to_dict())
         return EXIT_OK
@@ -87,5 +83,6 @@ def register(sub: Subparsers) -> None:
     add_precision_option(p, "the store's, or fp32")
     p.add_argument("--calibrate-on", type=Path, default=None, metavar="DIR",
                    help="with --precision int8: calibrate the int8 graph on these images (default: shipped photos)")
+    add_engine_options(p, {"actors": "ONNX Runtime actors in Ray's pool (default 1; each gets its share of the CPUs)"})
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")

@@ -7,19 +7,30 @@ import sys
 from pathlib import Path
 
 from offshelf.cli.common import EXIT_OK, EXIT_USAGE, Subparsers, add_command, positive_int, print_json
+from offshelf.cli.engine import add_engine_options, check_engine_options
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
-    from offshelf.index import build_store_index
+    check_engine_options(args, ray_only=("address", "tasks"), local_only=("target_recall",))
+    if args.engine == "ray":
+        from offshelf.distributed import build_index_on_ray
 
-    report = build_store_index(args.store, args.kind, pca=args.pca, target_recall=args.target_recall,
-                               whiten=args.whiten)
+        report = build_index_on_ray(args.store, args.kind, pca=args.pca, whiten=args.whiten, address=args.address,
+                                    tasks=args.tasks)
+    else:
+        from offshelf.index import build_store_index
+
+        report = build_store_index(args.store, args.kind, pca=args.pca, target_recall=args.target_recall,
+                                   whiten=args.whiten)
     if args.json:
         print_json(report)
         return EXIT_OK
     print(f"{report['kind']} index of {report['n']} vectors: recall@1 {report['recall_at_1']:.3f}, "
           f"recall@10 {report['recall_at_10']:.3f} (against exact search), "
           f"{report['bytes_per_vector']:.0f} bytes/vector, {report['qps']:.0f} queries/s -> {report['path']}")
+    if report.get("engine") == "ray":
+        print(f"built in {report['tasks']} Ray tasks: train {report['train_seconds']:.1f} s, add "
+              f"{report['add_seconds']:.1f} s, merge {report['merge_seconds']:.2f} s")
     if "tuning" in report:
         print(f"tuning: {report['tuning'].get('message', report['tuning'])}")
     return EXIT_OK
@@ -51,6 +62,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--pca", type=positive_int, default=None, help="reduce to D dims by PCA first")
     p.add_argument("--whiten", action="store_true", help="PCA-whiten (with --pca)")
     p.add_argument("--target-recall", type=float, default=None, help="tune search (and build) params to reach it")
+    add_engine_options(p, {"tasks": "Ray tasks adding the store's shards in parallel (default: the cluster's CPUs)"})
     p.add_argument("--json", action="store_true")
     p = index_sub.add_parser("upgrade", help="re-embed the store with the map's new model, then switch searches to it")
     p.set_defaults(handler=cmd_index_upgrade)

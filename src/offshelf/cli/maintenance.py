@@ -12,9 +12,9 @@ EXIT_DAMAGED = 3  # `check` found problems it did not repair
 
 def cmd_check(args: argparse.Namespace) -> int:
     from offshelf.index import check_store_index
-    from offshelf.store import check_store, resolve_store
+    from offshelf.store import check_store, resolve_store_root
 
-    root = resolve_store(args.store).root  # after an upgrade switch: the store that replaced it
+    root = resolve_store_root(args.store)  # after an upgrade switch: the store that replaced it
     report = check_store(root, repair=args.repair)
     if report["problems"]:  # the index is compared with the store's rows once they can all be read
         report["index"] = {"present": None, "problems": [], "repaired": [], "skipped": "the store is damaged"}

@@ -25,6 +25,14 @@ from offshelf.errors import OffshelfError
 from offshelf.images import DEFAULT_MAX_PIXELS
 
 
+def port_number(text: str) -> int:
+    """A TCP port to listen on, 1-65535 (an argparse type)."""
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {value}")
+    return value
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -79,7 +87,7 @@ def run_server(args: argparse.Namespace, store: Path, *, open_page: bool = False
 
 def add_serve_options(p: argparse.ArgumentParser, *, json_option: bool = True) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000)
     p.add_argument("--probe", type=Path, default=None, metavar="PROBE_DIR", help="a probe for /v1/classify")
     p.add_argument("--max-batch", type=positive_int, default=16, help="images per model batch at most (1: no batching)")
     p.add_argument("--max-wait-ms", type=non_negative_float, default=5.0, help="how long a batch waits to fill at most")

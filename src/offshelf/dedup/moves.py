@@ -53,9 +53,9 @@ def move_files(moves: list[dict[str, str]], move_to: Path, details: dict[str, An
     return log
 
 
-def restore(log: Path) -> dict[str, Any]:
+def move_back(log: Path) -> dict[str, Any]:
     """Move the files of a move log back; files already back are skipped, a conflict stops with an error
-    before anything moves."""
+    before anything moves. Returns the counts, every file of the log (`paths`) and the store it names."""
     try:
         data = json.loads(log.read_text())
         moves = [(Path(m["from"]), Path(m["to"])) for m in data["moves"]] if data.get("kind") == LOG_KIND else None
@@ -84,4 +84,6 @@ def restore(log: Path) -> dict[str, Any]:
     for source, dest in todo:
         source.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(dest, source)
-    return {"restored": len(todo), "already_in_place": already, "log": str(log)}
+    store = data.get("store")
+    return {"restored": len(todo), "already_in_place": already, "log": str(log),
+            "paths": [str(source) for source, _ in moves], "store": store if isinstance(store, str) else None}

@@ -13,7 +13,7 @@ import numpy as np
 
 from offshelf.dedup.calibrate import DEFAULT_SAMPLE, DEFAULT_TARGET_PRECISION, Calibration, calibrate
 from offshelf.dedup.groups import Group, form_groups, keep_order
-from offshelf.dedup.moves import move_files, plan_moves
+from offshelf.dedup.moves import move_back, move_files, plan_moves
 from offshelf.dedup.pairs import exact_pairs, index_pairs
 from offshelf.dedup.state import CALIBRATION_FILE, DEDUP_DIR, STATE_FILE, RunState
 from offshelf.errors import OffshelfError
@@ -141,7 +141,7 @@ def dedup(paths: Sequence[str | Path], store: str | Path, *, threshold: float | 
         duplicates = [item_paths[d] for g in groups for d in g.duplicates]
         report.moved = plan_moves(duplicates, Path(move_to), [Path(p) for p in paths])
         if report.moved:
-            report.log = str(move_files(report.moved, Path(move_to), {"store": str(store), "threshold": t,
+            report.log = str(move_files(report.moved, Path(move_to), {"store": str(Path(store).resolve()), "threshold": t,
                                                                      "groups": report.groups}))
             feature_store.remove(paths=duplicates)
     report.seconds = time.perf_counter() - started
@@ -170,3 +170,28 @@ def _find_pairs(feature_store: FeatureStore, ids: np.ndarray, raw: np.ndarray, x
 def _as_paths(group: Group, paths: list[str]) -> dict[str, Any]:
     return {"keep": paths[group.keep], "duplicates": [paths[d] for d in group.duplicates],
             "scores": list(group.scores)}
+
+
+def restore(log: str | Path, store: str | Path | None = None, *, progress: bool = True) -> dict[str, Any]:
+    """Undo `move_to`: move the files of a move log back, and add them back to the store they were removed
+    from (`store`, else the one the log names), re-embedding them.
+
+    Only files that store records as removed are added back, so a log can put back no more than a run took
+    out; a store that cannot be opened is reported (`readd_skipped`), the files stay back in place.
+    """
+    result = move_back(Path(log))
+    target = store if store is not None else result.pop("store")
+    result.pop("store", None)
+    readd: list[str] = []
+    if target is None:
+        result["readd_skipped"] = "the log names no store"
+    else:
+        try:
+            removed = set(FeatureStore.open(target).removed().column("path").to_pylist())
+        except OffshelfError as exc:
+            result["readd_skipped"] = str(exc)
+        else:
+            readd = [p for p in result["paths"] if p in removed and Path(p).is_file()]
+    result["readded"] = embed(readd, target, readd=True, progress=progress).embedded if readd else 0
+    result["store"] = None if target is None else str(target)
+    return result

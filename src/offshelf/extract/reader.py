@@ -1,8 +1,9 @@
 """The reader: files to views, in a thread pool that runs ahead of the model.
 
 Each worker reads a file's bytes once, hashes them, skips the file if its bytes are what the store already
-holds, and otherwise decodes it and builds its views. Pillow and hashlib release the GIL, so decoding overlaps
-with ONNX Runtime in the calling thread. A file that cannot be read becomes a failed outcome with the reason.
+holds, and otherwise decodes it and builds its views. Pillow, simplejpeg and hashlib release the GIL, so
+decoding overlaps with ONNX Runtime in the calling thread. A file that cannot be read becomes a failed outcome
+with the reason.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import numpy as np
 from offshelf.images import (
     DEFAULT_MAX_PIXELS,
     Augment,
+    FileBytes,
     ImageDecodeError,
+    JpegDecoder,
     decode_image,
     make_views,
     read_file,
@@ -47,17 +50,25 @@ class Reader:
     max_pixels: int = DEFAULT_MAX_PIXELS
     resize: int = 0  # the model's own recipe, if it has one (`Preprocessing.resize` and `resample`)
     resample: str = ""
+    jpeg_decoder: JpegDecoder = "simplejpeg"  # who decodes JPEG pixels (`decode_image`); same picture either way
 
     def load(self, path: str, previous: FileState | None = None) -> Outcome:
         """One file's outcome; never raises for a bad file (a bad file must never stop a run)."""
-        state: FileState | None = None
         try:
             read = read_file(Path(path))
-            state = FileState(read.sha256, read.size, read.mtime_ns)
+        except ImageDecodeError as exc:
+            return Outcome(path, None, error=exc.reason)
+        return self.load_bytes(path, read, previous)
+
+    def load_bytes(self, path: str, read: FileBytes, previous: FileState | None = None) -> Outcome:
+        """`load` of a file whose bytes were already read (by another engine, e.g. Ray Data)."""
+        state = FileState(read.sha256, read.size, read.mtime_ns)
+        try:
             if previous is not None and previous.sha256 == state.sha256:
                 return Outcome(path, state, unchanged=True)
             min_size = views_min_size(self.size, self.augment, self.resample)
-            image = decode_image(read.data, min_size=min_size, max_pixels=self.max_pixels)
+            image = decode_image(read.data, min_size=min_size, max_pixels=self.max_pixels,
+                                 jpeg_decoder=self.jpeg_decoder)
             views = make_views(image, self.size, self.augment, resize=self.resize, resample=self.resample)
             return Outcome(path, state, views=views)
         except ImageDecodeError as exc:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -68,12 +70,48 @@ def embed(
     `augment` each image is several views, so a batch holds `batch_size // views` images (at least one), which
     keeps memory the same whatever the augmentation.
     """
+    check_sizes(batch_size, shard_size)
+    with embed_session(paths, store, model=model, layer=layer, pool=pool, augment=augment, readd=readd,
+                       precision=precision, calibrate_on=calibrate_on) as run:
+        if run.todo:
+            embedder = Embedder(run.store.config, threads=threads, origin=run.store.root / MANIFEST,
+                                calibrate_on=calibrate_on)
+            _run(run.todo, embedder, run.writer, run.summary, images_per_batch(batch_size, run.store.config.augment),
+                 workers, shard_size, max_pixels, progress)
+    return run.summary
+
+
+def check_sizes(batch_size: int, shard_size: int) -> None:
     if batch_size < 1 or shard_size < 1:
         raise OffshelfError("batch size and shard size must be at least 1")
+
+
+def images_per_batch(batch_size: int, augment: str) -> int:
+    """Images per model call when `batch_size` counts model inputs (views): at least one."""
+    return max(1, batch_size // VIEW_COUNTS[augment])
+
+
+@dataclass
+class EmbedSession:
+    """An `embed` run between planning and committing, whatever engine computes the vectors: the store, its
+    writer (held for the whole run), the files to embed with what the store knew of them, and the summary."""
+
+    store: FeatureStore
+    writer: StoreWriter
+    todo: list[tuple[str, FileState | None]]
+    summary: EmbedSummary
+
+
+@contextmanager
+def embed_session(paths: Sequence[str | Path], store: str | Path, *, model: str | ModelSpec | None = None,
+                  layer: str | None = None, pool: str | None = None, augment: str | None = None,
+                  readd: bool = False, precision: str | None = None,
+                  calibrate_on: str | Path | None = None) -> Iterator[EmbedSession]:
+    """Find the files, open (or create) the store, take its writer and list what is not committed yet (the
+    resume rule); after the body, bring the store's index up to date and time the run."""
     started = time.perf_counter()
     files = [str(p) for p in find_images(paths)]
     feature_store = _open_store(Path(store), model, layer, pool, augment or None, precision, calibrate_on)
-    augment = feature_store.config.augment
     summary = EmbedSummary(store=str(feature_store.root))
     with feature_store.writer() as writer:
         known = feature_store.known_files()
@@ -87,17 +125,12 @@ def embed(
                 summary.skipped += 1
             else:
                 todo.append((path, previous))
-        if todo:
-            embedder = Embedder(feature_store.config, threads=threads, origin=feature_store.root / MANIFEST,
-                                calibrate_on=calibrate_on)
-            images_per_batch = max(1, batch_size // VIEW_COUNTS[augment])
-            _run(todo, embedder, writer, summary, images_per_batch, workers, shard_size, max_pixels, progress)
+        yield EmbedSession(feature_store, writer, todo, summary)
     from offshelf.index import update_store_index  # FAISS only when a store has an index
 
     # also when nothing was embedded: a killed run may have committed shards the index does not cover yet
     summary.index = update_store_index(feature_store.root)
     summary.seconds = time.perf_counter() - started
-    return summary
 
 
 def _open_store(root: Path, model: str | ModelSpec | None, layer: str | None, pool: str | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from tqdm import tqdm
 
 from offshelf.extract.embedder import Embedder
@@ -11,9 +12,11 @@ from offshelf.store import StoreWriter
 
 
 class Committer:
-    """Collects outcomes into batches for the backbone and rows into shards for the store."""
+    """Collects outcomes into batches for the backbone and rows into shards for the store.
 
-    def __init__(self, embedder: Embedder, writer: StoreWriter, summary: EmbedSummary, bar: tqdm,
+    Without an `embedder` (another engine computed the vectors) outcomes are only `record`ed."""
+
+    def __init__(self, embedder: Embedder | None, writer: StoreWriter, summary: EmbedSummary, bar: tqdm,
                  batch_size: int, shard_size: int) -> None:
         self.embedder, self.writer, self.summary, self.bar = embedder, writer, summary, bar
         self.batch_size, self.shard_size = batch_size, shard_size
@@ -21,31 +24,38 @@ class Committer:
         self.batch: list[Outcome] = []
 
     def add(self, outcome: Outcome) -> None:
-        if outcome.error is not None:
-            self.rows.add_error(outcome.path, outcome.state, outcome.error)
-            self.summary.failed += 1
-            self.summary.failures.append({"path": outcome.path, "reason": outcome.error})
-            self.bar.update(1)
-        elif outcome.unchanged:
-            self.summary.skipped += 1
-            self.bar.update(1)
-        else:
-            self.batch.append(outcome)
-            if len(self.batch) >= self.batch_size:
-                self.flush_batch()
-        if len(self.rows) >= self.shard_size:
-            self.commit()
-        self.bar.set_postfix(failed=self.summary.failed, skipped=self.summary.skipped, refresh=False)
+        """Queue a decoded file for the backbone; record a failed or unchanged one."""
+        if outcome.views is None:
+            self.record(outcome)
+            return
+        self.batch.append(outcome)
+        if len(self.batch) >= self.batch_size:
+            self.flush_batch()
 
     def flush_batch(self) -> None:
         if not self.batch:
             return
-        vectors = self.embedder.embed_views([item.views for item in self.batch])
-        for item, vector in zip(self.batch, vectors):
-            self.rows.add(item.path, item.state, vector)
-        self.summary.embedded += len(self.batch)
-        self.bar.update(len(self.batch))
-        self.batch.clear()
+        assert self.embedder is not None, "outcomes with views need an embedder"
+        batch, self.batch = self.batch, []
+        for item, vector in zip(batch, self.embedder.embed_views([item.views for item in batch])):
+            self.record(item, vector)
+
+    def record(self, outcome: Outcome, vector: np.ndarray | None = None) -> None:
+        """Count one file's outcome and add its row (an embedded file's with its `vector`); commit a full shard."""
+        if outcome.error is not None:
+            self.rows.add_error(outcome.path, outcome.state, outcome.error)
+            self.summary.failed += 1
+            self.summary.failures.append({"path": outcome.path, "reason": outcome.error})
+        elif outcome.unchanged:
+            self.summary.skipped += 1
+        else:
+            assert outcome.state is not None and vector is not None
+            self.rows.add(outcome.path, outcome.state, vector)
+            self.summary.embedded += 1
+        self.bar.update(1)
+        if len(self.rows) >= self.shard_size:
+            self.commit()
+        self.bar.set_postfix(failed=self.summary.failed, skipped=self.summary.skipped, refresh=False)
 
     def commit(self) -> None:
         """Publish the rows collected so far as one shard (rows of embedded and failed files only)."""

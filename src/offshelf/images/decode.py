@@ -1,12 +1,17 @@
-"""Reading a file's bytes once, and decoding them to an RGB image (Pillow only).
+"""Reading a file's bytes once, and decoding them to an RGB image (Pillow, and simplejpeg for JPEG pixels).
 
 Decoding (``decode_image``) always returns an RGB image:
 
 * only a fixed list of raster formats is tried (``DECODE_FORMATS``); notably EPS is excluded because Pillow
   runs Ghostscript to render it;
 * the pixel count is checked against ``max_pixels`` from the header, before any pixel data is decoded;
-* JPEGs are decoded with DCT scaling (``Image.draft``) when ``min_size`` is given: the largest power-of-two
-  reduction (1/2, 1/4, 1/8) that keeps *both* sides >= ``min_size``; images are never upscaled;
+* JPEGs are decoded with DCT scaling when ``min_size`` is given: the largest power-of-two reduction (1/2,
+  1/4, 1/8) that keeps *both* sides >= ``min_size`` (``Image.draft``'s rule); images are never upscaled;
+* the pixels of a baseline or progressive JPEG in RGB or grayscale (``jpeg_decoder="simplejpeg"``, the
+  default) are decoded by simplejpeg (libjpeg-turbo's TurboJPEG API), at the same scale, into the same size as
+  Pillow's; Pillow still opens the file (format, size and pixel limit, EXIF) and decodes everything else:
+  CMYK/YCCK JPEGs, MPO, other formats, and any JPEG that simplejpeg refuses or warns about (corrupt or
+  truncated data then fails exactly as it does in Pillow, with Pillow's reason);
 * truncated or corrupt data raise (``ImageFile.LOAD_TRUNCATED_IMAGES`` is left at its default, False);
 * EXIF (and XMP) orientation is applied with ``ImageOps.exif_transpose``; a broken EXIF block is ignored;
 * transparency (RGBA, LA, PA, premultiplied, P or L/RGB with a ``transparency`` key) is composited on white;
@@ -27,8 +32,10 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: Pillow formats we are willing to decode, tried in this order (JPEG also covers MPO); those missing from
@@ -50,6 +57,14 @@ DEFAULT_MAX_PIXELS: int = 89_478_485
 RESAMPLE_REDUCING_GAP: float | None = 2.0
 
 RESAMPLE = Image.Resampling.BILINEAR
+
+JpegDecoder = Literal["simplejpeg", "pillow"]
+
+#: Which library decodes a JPEG's pixels (see the module docstring); both give the same picture up to rounding.
+JPEG_DECODERS: tuple[str, ...] = ("simplejpeg", "pillow")
+
+#: JPEG modes (as Pillow reports them at open) whose pixels simplejpeg decodes; CMYK/YCCK stay with Pillow.
+_SIMPLEJPEG_MODES = {"RGB": "RGB", "L": "GRAY"}
 
 
 class ImageDecodeError(ValueError):
@@ -146,14 +161,53 @@ def _reason_for(exc: BaseException) -> str:
     return f"corrupt image: {msg}"
 
 
+def dct_scale(width: int, height: int, min_size: int | None) -> int:
+    """The JPEG DCT reduction (1, 2, 4 or 8) that keeps both sides >= ``min_size``: ``Image.draft``'s rule."""
+    if min_size is None:
+        return 1
+    fits = min(width // min_size, height // min_size)
+    return next((scale for scale in (8, 4, 2) if fits >= scale), 1)
+
+
+def _simplejpeg_pixels(data: bytes, im: Image.Image, min_size: int | None) -> Image.Image | None:
+    """``im``'s pixels decoded by simplejpeg at Pillow's DCT scale, with ``im``'s metadata; None if it refuses.
+
+    ``strict=True`` turns libjpeg's warnings (corrupt or truncated data) into errors, so that such files go
+    to Pillow and fail or decode exactly as they always did.
+    """
+    width, height = im.size
+    scale = dct_scale(width, height, min_size)
+    try:
+        pixels = simplejpeg.decode_jpeg(
+            data, colorspace=_SIMPLEJPEG_MODES[im.mode], strict=True,
+            min_width=-(-width // scale), min_height=-(-height // scale),
+        )
+    except ValueError:
+        return None
+    out = Image.fromarray(pixels[..., 0] if im.mode == "L" else pixels)
+    out.info = dict(im.info)  # EXIF and XMP, for the orientation
+    return out
+
+
+def _orient(im: Image.Image) -> None:
+    """Apply the EXIF (or XMP) orientation in place; a malformed block keeps the stored orientation."""
+    try:
+        ImageOps.exif_transpose(im, in_place=True)
+    except Exception:  # noqa: BLE001 - malformed EXIF/XMP
+        pass
+
+
 def decode_image(
-    data: bytes, *, min_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes, *, min_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+    jpeg_decoder: JpegDecoder = "simplejpeg",
 ) -> Image.Image:
     """Decode encoded image bytes into an RGB ``PIL.Image`` (see the module docstring for the rules).
 
     ``min_size``: if given, JPEGs are DCT-downscaled by 1/2, 1/4 or 1/8 as long as both sides stay
     >= ``min_size`` (never upscaled; other formats decode at full size). ``max_pixels`` is checked on the
-    header size (before orientation and downscaling). Every failure raises ``ImageDecodeError``.
+    header size (before orientation and downscaling). ``jpeg_decoder``: "simplejpeg" (the default; the same
+    pixels, cheaper on large files) or "pillow" decodes the pixels of RGB and grayscale JPEGs. Every failure
+    raises ``ImageDecodeError``.
 
     Caveat: Pillow itself refuses images above ``2 * Image.MAX_IMAGE_PIXELS`` (its global, ~179 MP by
     default) while opening; that is reported as "too many pixels" too, so ``max_pixels`` above that value
@@ -163,6 +217,8 @@ def decode_image(
         raise ImageDecodeError("empty file")
     if min_size is not None and min_size < 1:
         raise ValueError(f"min_size must be >= 1, got {min_size}")
+    if jpeg_decoder not in JPEG_DECODERS:
+        raise ValueError(f"jpeg_decoder must be one of {JPEG_DECODERS}, got {jpeg_decoder!r}")
     try:
         im = Image.open(io.BytesIO(data), formats=_OPEN_FORMATS)
     except Image.DecompressionBombError:
@@ -177,16 +233,19 @@ def decode_image(
         raise ImageDecodeError(f"empty image ({width} x {height})")
     if width * height > max_pixels:
         raise ImageDecodeError(f"too many pixels ({width} x {height} > {max_pixels})")
-    if min_size is not None and im.format in ("JPEG", "MPO"):
-        im.draft(None, (min_size, min_size))
-    try:
-        im.load()
-    except Exception as exc:
-        raise ImageDecodeError(_reason_for(exc)) from None
-    try:
-        ImageOps.exif_transpose(im, in_place=True)
-    except Exception:  # malformed EXIF/XMP: keep the stored orientation
-        pass
+    fast = None
+    if jpeg_decoder == "simplejpeg" and im.format == "JPEG" and im.mode in _SIMPLEJPEG_MODES:
+        fast = _simplejpeg_pixels(data, im, min_size)
+    if fast is not None:
+        im = fast
+    else:
+        if min_size is not None and im.format in ("JPEG", "MPO"):
+            im.draft(None, (min_size, min_size))
+        try:
+            im.load()
+        except Exception as exc:
+            raise ImageDecodeError(_reason_for(exc)) from None
+    _orient(im)
     try:
         rgb = to_rgb(im)
     except Exception as exc:

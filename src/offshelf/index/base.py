@@ -258,6 +258,25 @@ class VectorIndex:
                 self._floats = x if not len(self._floats) else np.concatenate([self._floats, x])
             self._refresh_selector()
 
+    def merge_from(self, other: VectorIndex) -> None:
+        """Append `other`'s entries, moving its FAISS codes here (IVF inverted lists, flat codes): `other` must be
+        a copy of this index as trained, then filled separately (one part of a sharded build); it is left empty.
+        An id present in both keeps `other`'s entry, as a later `add` would."""
+        if type(other) is not type(self) or other.d != self.d or other.params != self.params:
+            raise OffshelfError(f"cannot merge a {other.kind} index with other parameters into this {self.kind} index")
+        if not hasattr(self._faiss, "merge_from") or isinstance(self._faiss, (faiss.IndexHNSW, faiss.IndexBinaryHNSW)):
+            raise OffshelfError(f"FAISS cannot merge {self.kind} indexes; build them in one process")
+        with self._lock.write(), other._lock.write():
+            self._tombstone(other._ids[other._alive])
+            # IVF lists hold positions and take `other`'s shifted past ours; flat codes are positional already
+            self._faiss.merge_from(other._faiss, len(self._ids) if isinstance(self._faiss, faiss.IndexIVF) else 0)
+            self._ids = np.concatenate([self._ids, other._ids])
+            self._alive = np.concatenate([self._alive, other._alive])
+            self._digests = np.concatenate([self._digests, other._digests])
+            if self._floats is not None and other._floats is not None:
+                self._floats = np.concatenate([self._floats, other._floats])
+            self._refresh_selector()
+
     def remove(self, ids: np.ndarray) -> int:
         """Make `ids` unsearchable (tombstones); returns how many were present."""
         ids = as_ids(ids)
@@ -456,11 +475,18 @@ def read_manifest(source: Path) -> dict[str, Any]:
 def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str = "flat", *, pca: int | None = None,
                 whiten: bool = False, identity: dict[str, Any] | None = None, **params: Any) -> VectorIndex:
     """Train an index of `kind` on `vectors` and add them under `ids` (see each kind for `params`)."""
+    x = as_matrix(vectors)
+    index = train_index(x, kind, pca=pca, whiten=whiten, identity=identity, **params)
+    index.add(x, ids)
+    return index
+
+
+def train_index(vectors: np.ndarray, kind: str = "flat", *, pca: int | None = None, whiten: bool = False,
+                identity: dict[str, Any] | None = None, **params: Any) -> VectorIndex:
+    """An index of `kind` trained on (a sample of) `vectors`, still empty: `build_index` without the adding."""
     if kind not in _KINDS:
         raise OffshelfError(f"unknown index kind {kind!r}; choose from {', '.join(_KINDS)}")
     x = as_matrix(vectors)
     if not len(x):
         raise OffshelfError("cannot build an index from 0 vectors")
-    index = _KINDS[kind](x.shape[1], pca=pca, whiten=whiten, identity=identity, **params).train(x)
-    index.add(x, ids)
-    return index
+    return _KINDS[kind](x.shape[1], pca=pca, whiten=whiten, identity=identity, **params).train(x)

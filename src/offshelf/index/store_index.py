@@ -48,12 +48,19 @@ def build_store_index(store_dir: str | Path, kind: str, pca: int | None = None, 
         start = time.perf_counter()
         index, report["tuning"] = tune(index, target_recall, vectors, ids, sample=sample, seed=seed)
         report["tune_seconds"] = time.perf_counter() - start
-    measured = measure_recall(index, vectors, ids, sample=sample, seed=seed + 1)
-    if index.pca is not None or index.whiten:
-        in_index_space = measure_recall(index, vectors, ids, sample=sample, seed=seed + 1, space="index")
-        measured["recall_at_10_index_space"] = in_index_space["recall_at_10"]
     index.store_seq = snapshot.seq
-    path = store_index_dir(store_dir)
+    return finish_store_index(index, store, vectors, ids, sample=sample, seed=seed + 1, report=report)
+
+
+def finish_store_index(index: VectorIndex, store: FeatureStore, vectors: np.ndarray, ids: np.ndarray, *,
+                       sample: int, seed: int, report: dict[str, Any]) -> dict[str, Any]:
+    """Measure a freshly built index of the store's commits up to `index.store_seq` (recall on `sample` queries,
+    seed `seed`), catch it up with what was committed during the build and save it as the store's index."""
+    measured = measure_recall(index, vectors, ids, sample=sample, seed=seed)
+    if index.pca is not None or index.whiten:
+        in_index_space = measure_recall(index, vectors, ids, sample=sample, seed=seed, space="index")
+        measured["recall_at_10_index_space"] = in_index_space["recall_at_10"]
+    path = store_index_dir(store.root)
     for attempt in range(_LOCK_TRIES):  # an embed or remove may be updating the old index for a moment
         try:
             with directory_lock(path):
@@ -138,14 +145,17 @@ def update_store_index(store_dir: str | Path, *, force: bool = False) -> dict[st
 
 
 def _rebuild(store: FeatureStore) -> dict[str, Any]:
-    """Build the index again, of the kind and parameters its manifest names (flat if it names none)."""
+    """Build the index again, of the kind and parameters its manifest names; flat if it names none, or if
+    the damaged manifest's settings are not ones a build accepts (the report says which and why)."""
     try:
         manifest = read_manifest(store_index_dir(store.root))
         settings = {"kind": manifest["kind"], "pca": manifest.get("pca"), "whiten": bool(manifest.get("whiten")),
                     **dict(manifest.get("params") or {})}
-    except (OffshelfError, TypeError, ValueError):
-        settings = {"kind": "flat"}
-    return build_store_index(store.root, **settings)
+        return build_store_index(store.root, **settings)
+    except (OffshelfError, TypeError, ValueError, KeyError) as exc:
+        report = build_store_index(store.root, "flat")
+        report["rebuilt_as_flat"] = f"the index's recorded settings are unusable: {exc}"
+        return report
 
 
 def check_store_index(store_dir: str | Path, *, repair: bool = False) -> dict[str, Any]:
@@ -180,8 +190,8 @@ def check_store_index(store_dir: str | Path, *, repair: bool = False) -> dict[st
     if repair and problems:
         outcome = _rebuild(store) if index is None else update_store_index(store.root, force=True)
         report["repaired"], report["problems"] = problems, []
-        report["repair"] = {k: v for k, v in (outcome or {}).items() if k in ("kind", "n", "added", "removed",
-                                                                             "replaced", "deferred")}
+        kept = ("kind", "n", "added", "removed", "replaced", "deferred", "rebuilt_as_flat")
+        report["repair"] = {k: v for k, v in (outcome or {}).items() if k in kept}
         if outcome and "deferred" in outcome:
             raise BusyError(outcome["deferred"])
         report["n"] = (outcome or {}).get("n", report.get("n"))

@@ -17,7 +17,7 @@ def serve(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000,
 
     service = Service(config)
     app = create_app(config, service)
-    url = f"http://{host}:{port}/"
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"  # an IPv6 address goes in brackets
     if on_ready is not None:
         on_ready(service, url)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

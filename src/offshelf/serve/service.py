@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from offshelf.errors import OffshelfError
+from offshelf.errors import OffshelfError, UnknownItemsError
 from offshelf.extract import Embedder
 from offshelf.images import ImageDecodeError
 from offshelf.io import atomic_write_bytes
@@ -221,7 +221,12 @@ class Service:
 
         with self._write_lock:
             path = self.path_of(item_id)
-            self.store.remove(ids=[item_id])
+            try:
+                self.store.remove(ids=[item_id])
+            except UnknownItemsError:  # removed meanwhile by another process (`offshelf remove`)
+                self.searcher.remove([item_id])
+                self._vector_of.pop(item_id, None)
+                raise ItemNotFound(f"no item with id {item_id} in the store") from None
             update_store_index(self.store.root)
             self.searcher.remove([item_id])
             self._vector_of.pop(item_id, None)

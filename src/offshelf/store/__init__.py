@@ -14,7 +14,7 @@ from offshelf.store.feature_store import (
     path_id,
 )
 from offshelf.store.identity import IDENTITY_FIELDS, StoreConfig, check_identity, describe_identity, full_identity
-from offshelf.store.marker import UPGRADE_MARKER, read_upgrade_marker, resolve_store
+from offshelf.store.marker import UPGRADE_MARKER, read_upgrade_marker, resolve_store, resolve_store_root
 
 __all__ = [
     "ERRORS_DIR",
@@ -36,4 +36,5 @@ __all__ = [
     "path_id",
     "read_upgrade_marker",
     "resolve_store",
+    "resolve_store_root",
 ]

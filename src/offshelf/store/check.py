@@ -18,6 +18,7 @@ import pyarrow as pa
 from offshelf.errors import StoreError
 from offshelf.store.feature_store import (
     ERROR_SCHEMA,
+    MANIFEST,
     QUARANTINE_DIR,
     REMOVED_SCHEMA,
     FeatureStore,
@@ -62,9 +63,15 @@ def _shard_problem(store: FeatureStore, path: Path, schema: pa.Schema) -> str | 
 def check_store(root: str | Path, *, repair: bool = False) -> dict[str, Any]:
     """A report of the store's health: `problems` (file, what), `repaired`, counts; see the module docstring.
 
-    StoreError if `root` holds no readable manifest (nothing else can be checked then).
+    A damaged manifest is the one problem found (nothing else can be checked without it; `repair` cannot
+    rebuild it, since it is what says which model made the features). StoreError if `root` is not a store.
     """
-    store = FeatureStore.open(root)
+    if not (Path(root) / MANIFEST).is_file():
+        FeatureStore.open(root)  # raises: no store here (or `root` is a file)
+    try:
+        store = FeatureStore.open(root)
+    except StoreError as exc:
+        return _damaged_manifest_report(Path(root), str(exc))
     problems: list[dict[str, str]] = []
     repaired: list[dict[str, str]] = []
     if read_journal(store.root) is not None:
@@ -103,3 +110,12 @@ def check_store(root: str | Path, *, repair: bool = False) -> dict[str, Any]:
     report["quarantined"] = sorted(p.name for p in (store.root / QUARANTINE_DIR).glob("*.parquet"))
     report["healthy"] = not problems
     return report
+
+
+def _damaged_manifest_report(root: Path, what: str) -> dict[str, Any]:
+    """`check_store`'s report for a store whose manifest exists but cannot be trusted."""
+    problem = {"file": str(root / MANIFEST), "what": what.replace(f" {root / MANIFEST}:", ":"),
+               "repair": "none: restore the manifest from a backup, or embed the files into a new store"}
+    shards = sum(len(list_shards(root / sub)) for sub in EVENT_DIRS)
+    return {"store": str(root), "shards": shards, "problems": [problem], "repaired": [], "warnings": [],
+            "quarantined": sorted(p.name for p in (root / QUARANTINE_DIR).glob("*.parquet")), "healthy": False}

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from offshelf._version import __version__
-from offshelf.errors import StoreError
+from offshelf.errors import StoreError, UnknownItemsError
 from offshelf.io import atomic_write_json, exclusive_lock, remove_stale_tmp_files
 from offshelf.models.quantize import PRECISIONS
 from offshelf.store.identity import IDENTITY_FIELDS, StoreConfig, check_identity, full_identity
@@ -330,7 +330,7 @@ class FeatureStore:
             table = self.table().select(["id", "path"])
             unknown = sorted(wanted_ids - set(table.column("id").to_pylist()))
             if unknown:
-                raise StoreError(f"{len(unknown)} of the items to remove are not in store {self.root} "
+                raise UnknownItemsError(f"{len(unknown)} of the items to remove are not in store {self.root} "
                                  f"(e.g. id {unknown[0]})")
             chosen = table.filter(pa.array([i in wanted_ids for i in table.column("id").to_pylist()], pa.bool_()))
             writer.remove(chosen)

@@ -22,7 +22,7 @@ def read_upgrade_marker(store_dir: str | Path) -> dict[str, Any] | None:
     path = Path(store_dir) / UPGRADE_MARKER
     try:
         marker = json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # not upgraded, or not a store at all
         return None
     except (ValueError, UnicodeDecodeError) as exc:
         raise OffshelfError(f"unreadable upgrade marker {path}: {exc}") from None
@@ -41,15 +41,23 @@ def resolve_store(store: FeatureStore | str | Path) -> FeatureStore:
     """The store to search for `store`: itself, or, if it was upgraded, the store its marker names (followed
     through successive upgrades). This is what `Searcher` uses, so an upgraded store is searched in the new
     model's space with queries embedded by the new model."""
-    current = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
-    seen = {current.root.resolve()}
+    if isinstance(store, FeatureStore):
+        target = resolve_store_root(store.root)
+        return store if target == store.root else FeatureStore.open(target)
+    return FeatureStore.open(resolve_store_root(store))
+
+
+def resolve_store_root(store_dir: str | Path) -> Path:
+    """The directory `resolve_store` opens for `store_dir`, found from the upgrade markers alone (no manifest
+    is read, so `offshelf check` can report on a store whose manifest is damaged)."""
+    current = Path(store_dir)
+    seen = {current.resolve()}
     for _ in range(_MAX_HOPS):
-        marker = read_upgrade_marker(current.root)
+        marker = read_upgrade_marker(current)
         if marker is None:
             return current
-        target = marker_target(current.root, marker)
-        if target.resolve() in seen:
-            raise OffshelfError(f"upgrade markers form a loop at {target}")
-        seen.add(target.resolve())
-        current = FeatureStore.open(target)
-    raise OffshelfError(f"more than {_MAX_HOPS} chained upgrades from {store}")
+        current = marker_target(current, marker)
+        if current.resolve() in seen:
+            raise OffshelfError(f"upgrade markers form a loop at {current}")
+        seen.add(current.resolve())
+    raise OffshelfError(f"more than {_MAX_HOPS} chained upgrades from {store_dir}")
