@@ -47,7 +47,8 @@ def register(sub: Subparsers) -> None:
     p = index_sub.add_parser("build", help="build (or rebuild) the store's index and measure its recall")
     p.set_defaults(handler=cmd_index_build)
     p.add_argument("--store", required=True, type=Path)
-    p.add_argument("--kind", required=True, choices=["flat", "hnsw", "ivfpq", "binary"])
+    p.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw", "ivfpq", "binary", "hnswpca"],
+                   help="auto (default): chosen from the store's size and tuned to --target-recall (default 0.95)")
     p.add_argument("--pca", type=positive_int, default=None, help="reduce to D dims by PCA first")
     p.add_argument("--whiten", action="store_true", help="PCA-whiten (with --pca)")
     p.add_argument("--target-recall", type=float, default=None, help="tune search (and build) params to reach it")
