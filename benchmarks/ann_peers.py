@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import io
 import json
 import os
 import sys
@@ -315,6 +316,44 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def curves(result: dict[str, Any]) -> dict[str, list[tuple[float, float]]]:
+    """(recall@10, QPS) of every setting laddered on the tuning queries, per system and build setting."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for r in result["rows"]:
+        if r.get("tuning"):
+            out[f"{r['system']} ({settings_text({k: v for k, v in r['settings'].items() if k == 'graph_dim'})})"] = [
+                (t["recall_at_10"], t["qps"]) for t in r["tuning"]]
+        for t in r.get("tried", []):
+            out[f"{r['system']} ({settings_text(t['config'])})"] = [(s["recall_at_10"], s["qps"]) for s in t["tuning"]]
+    return out
+
+
+def chart(result: dict[str, Any], path: Path) -> None:
+    """Recall@10 against batch QPS on the tuning queries (log scale), the target and brute force marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for label, points in curves(result).items():
+        ax.plot(*zip(*points), marker="o", markersize=3, label=label)
+    brute = result["rows"][0]["qps"]
+    ax.axhline(brute, color="grey", lw=0.8, ls=":", label=f"FAISS brute force ({brute:.0f} QPS)")
+    ax.axhline(20 * brute, color="grey", lw=0.8, ls="--", label="20x brute force")
+    ax.axvline(result["target"], color="red", lw=0.8, ls="--", label=f"recall@10 = {result['target']}")
+    ax.set_yscale("log")
+    ax.set_xlabel("recall@10 (tuning queries)")
+    ax.set_ylabel("queries/s, batch")
+    ax.set_title(f"{result['n']:,} x {result['dim']} vectors, {result['threads']} threads")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 class Ctx:
     pass
 
@@ -334,6 +373,8 @@ def write_report(ctx: Ctx, rows: list[dict[str, Any]], finished: bool) -> dict[s
     stem = Path(args.out) / args.name
     atomic_write_bytes(stem.with_suffix(".json"), json.dumps(result, indent=1, default=float).encode())
     atomic_write_bytes(stem.with_suffix(".md"), markdown(result).encode())
+    if finished:
+        chart(result, stem.with_suffix(".png"))
     log(f"wrote {stem}.json/.md ({'final' if finished else 'partial'})")
     return result
 

@@ -35,6 +35,7 @@ def test_tiny_run_writes_a_report_with_every_system(tmp_path: Path) -> None:
         assert rows[peer]["build_seconds"] > 0 and rows[peer]["qps"] > 0
     assert len(rows["usearch"]["tried"]) == 2 and "| usearch | dtype=i8, connectivity=8" in text
     assert "| offshelf (auto) |" in text and "PARTIAL" not in text and saved["machine"]["loadavg_start"]
+    assert (tmp_path / "ann_peers_tiny.png").stat().st_size > 10_000  # the recall-vs-QPS chart
 
 
 def test_goals_follow_the_numbers() -> None:
