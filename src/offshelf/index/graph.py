@@ -30,14 +30,14 @@ GRAPH_DIM = 256  # PCA dimensions the graph is walked in (at most the vectors' d
 AUTO_FLAT_MAX = 20_000  # up to this many vectors `auto` picks exact search (flat): fast enough and exact
 AUTO_TARGET = 0.95  # `auto` tunes to this recall@10 when no target is given
 # `tune` measures leave-one-out on indexed vectors, which find their neighbours more easily than new images do
-# (30k vectors, efSearch=64: 0.980 left-one-out vs 0.968 on held-out queries): `auto` tunes this much higher
+# (30k vectors, efSearch=64: 0.980 leave-one-out vs 0.968 on held-out queries): `auto` tunes this much higher
 AUTO_MARGIN = 0.02
 
 
 class HNSWPCAIndex(VectorIndex):
     """HNSW over `graph_dim` PCA dimensions (FAISS IndexHNSWFlat, L2) proposing candidates + exact re-rank.
 
-    Build parameters: graph_dim (default min(d, 256)), M=32, efConstruction=80. Search: efSearch=64 (the
+    Build parameters: graph_dim (default min(d, n, 256)), M=32, efConstruction=80. Search: efSearch=64 (the
     graph's search depth, raised to `rerank` if smaller), rerank=64 (candidates re-scored on the full vectors).
     """
 
@@ -48,7 +48,7 @@ class HNSWPCAIndex(VectorIndex):
     search_defaults = {"efSearch": 64, "rerank": 64}
 
     def _resolve(self, params: dict[str, Any], n: int) -> dict[str, Any]:
-        graph_dim = int(params["graph_dim"] or min(self.d, GRAPH_DIM))
+        graph_dim = int(params["graph_dim"] or min(self.d, n, GRAPH_DIM))
         if not 1 <= graph_dim <= min(self.d, n):
             raise OffshelfError(f"hnswpca graph_dim must be between 1 and min(n, d) = {min(self.d, n)}, "
                                 f"got {graph_dim}")
