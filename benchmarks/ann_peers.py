@@ -204,8 +204,10 @@ def run_offshelf(ctx) -> list[dict[str, Any]]:
     log(f"  built and tuned in {info['build_seconds']:.1f} s: {report['message']}")
     tuned = {system.knob: system.index.params[system.knob]} if system.knob else {}
     rows = [{"system": "offshelf (auto)", "kind": kind, "settings": system.index.params, **info,
-             **evaluate(system, ctx), "reached": None, "tune_report": {k: v for k, v in report.items()
-                                                                        if k not in ("steps",)}}]
+             **evaluate(system, ctx), "reached": None,
+             "tune_report": {**{k: v for k, v in report.items() if k != "steps"}, "steps": [
+                 {"params": {k: v for k, v in step["params"].items() if k == system.knob},
+                  "recall_at_10": step["recall_at_10"], "qps": step["qps"]} for step in report["steps"]]}}]
     rows[0]["reached"] = rows[0]["recall_at_10"] >= ctx.target
     if system.knob:  # the peers' protocol on the same index: the knob laddered on the TUNING queries
         setting, steps = ladder(system, [{system.knob: v} for v in system.index._knob_values()], ctx.tune_q,

@@ -23,7 +23,6 @@ from threadpoolctl import threadpool_limits
 
 from offshelf.errors import OffshelfError
 from offshelf.index.base import VectorIndex
-from offshelf.index.kinds import _doublings
 
 PCA_SAMPLE = 20_000  # training vectors the projection is fitted on
 GRAPH_DIM = 256  # PCA dimensions the graph is walked in (at most the vectors' dimension)
@@ -87,7 +86,10 @@ class HNSWPCAIndex(VectorIndex):
             raise ValueError(f"projection of shape {self._components.shape} does not fit the index")
 
     def _knob_values(self) -> list[int]:
-        return _doublings(max(16, self._params["rerank"]), 2048)  # below `rerank` the graph searches that deep
+        """16, 24, 32, 48, 64, 96, ... 2048 from `rerank` on (below it the graph searches that deep anyway): steps
+        of 1.5x and 2x, since each doubling of efSearch costs ~1.5x the time."""
+        steps = [v for e in range(4, 11) for v in (2**e, 3 * 2 ** (e - 1))]
+        return [v for v in steps if v >= max(16, self._params["rerank"])] + [2048]
 
     def _larger_params(self) -> dict[str, Any] | None:
         """A wider graph space first (what PCA loses bounds recall), then a denser graph."""
