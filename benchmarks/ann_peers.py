@@ -18,7 +18,8 @@ Systems, each built from the same float32 vectors and freed before the next is b
   peers get.
 - `usearch` (cosine metric) for each of `--usearch` configs dtype:connectivity:expansion_add, and `hnswlib`
   (inner product on L2-normalized vectors) for each of `--hnswlib` configs M:ef_construction: the search
-  expansion (ef) is raised by doublings on the TUNING queries until recall@10 >= T; among the configs that
+  expansion (ef) is raised on the TUNING queries through 16, 24, 32, 48, 64, 96, ... 2048 (the ladder offshelf's
+  `tune` uses for hnswpca) until recall@10 >= T; among the configs that
   reach T the fastest on the tuning queries is that peer's best setting, reported on the EVALUATION queries.
 
 Per system: recall@1/10 (evaluation queries), batch QPS (all evaluation queries in one call, best of 3),
@@ -54,14 +55,15 @@ except ImportError:  # pragma: no cover
 import faiss  # noqa: E402
 
 from benchmarks.harness.ann_common import (  # noqa: E402
-    K, T0, brute_force, common_arguments, doublings, fmt, gb, ladder, log, machine, normalized, one_at_a_time, proc_status, recall,
+    K, T0, brute_force, common_arguments, fmt, gb, ladder, log, machine, normalized, one_at_a_time, proc_status, recall,
     reset_peak, timed,
 )
 from benchmarks.harness.synthetic import GENERATOR_VERSION, realistic_vectors  # noqa: E402
 from offshelf.index import auto_choice, auto_target, build_index, tune  # noqa: E402
+from offshelf.index.graph import search_depths  # noqa: E402
 from offshelf.io import atomic_write_bytes  # noqa: E402
 
-EFS = doublings(16, 2048)
+EFS = search_depths()  # the peers' search expansions: the ladder offshelf's hnswpca tunes on
 
 
 # --- the peers, behind the two calls the ladder needs (set_params, search) -----------------------------------

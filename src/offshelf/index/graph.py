@@ -33,6 +33,13 @@ AUTO_TARGET = 0.95  # `auto` tunes to this recall@10 when no target is given
 AUTO_MARGIN = 0.02
 
 
+def search_depths(start: int = 16, stop: int = 2048) -> list[int]:
+    """16, 24, 32, 48, 64, 96, ... up to `stop`, from `start` on: steps of 1.5x and 2x (each doubling of a graph's
+    search depth costs ~1.5x the time, so doublings alone may overshoot a target by that much)."""
+    steps = [v for e in range(4, stop.bit_length()) for v in (2**e, 3 * 2 ** (e - 1))]
+    return [v for v in steps if start <= v < stop] + [stop]
+
+
 class HNSWPCAIndex(VectorIndex):
     """HNSW over `graph_dim` PCA dimensions (FAISS IndexHNSWFlat, L2) proposing candidates + exact re-rank.
 
@@ -86,10 +93,7 @@ class HNSWPCAIndex(VectorIndex):
             raise ValueError(f"projection of shape {self._components.shape} does not fit the index")
 
     def _knob_values(self) -> list[int]:
-        """16, 24, 32, 48, 64, 96, ... 2048 from `rerank` on (below it the graph searches that deep anyway): steps
-        of 1.5x and 2x, since each doubling of efSearch costs ~1.5x the time."""
-        steps = [v for e in range(4, 11) for v in (2**e, 3 * 2 ** (e - 1))]
-        return [v for v in steps if v >= max(16, self._params["rerank"])] + [2048]
+        return search_depths(max(16, self._params["rerank"]))  # below `rerank` the graph searches that deep anyway
 
     def _larger_params(self) -> dict[str, Any] | None:
         """A wider graph space first (what PCA loses bounds recall), then a denser graph."""
