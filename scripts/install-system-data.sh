@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install the Debian packages that carry offshelf's offline data (datasets, photos), and the Chromium the
 # service's browser test drives (Playwright with executable_path=/usr/bin/chromium, never `playwright install`).
+# g++ builds hnswlib (a benchmark peer in the test extra; PyPI has no wheel of it).
 # Needs root and apt-get; does nothing when every package is already installed.
 set -euo pipefail
-packages=(dataset-fashion-mnist openclipart-png gnome-backgrounds plasma-workspace-wallpapers chromium)
+packages=(dataset-fashion-mnist openclipart-png gnome-backgrounds plasma-workspace-wallpapers chromium g++)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -15,12 +15,12 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from offshelf.distributed import build_index_on_ray
 
-        report = build_index_on_ray(args.store, args.kind, pca=args.pca, whiten=args.whiten, address=args.address,
+        report = build_index_on_ray(args.store, args.kind or "ivfpq", pca=args.pca, whiten=args.whiten, address=args.address,
                                     tasks=args.tasks)
     else:
         from offshelf.index import build_store_index
 
-        report = build_store_index(args.store, args.kind, pca=args.pca, target_recall=args.target_recall,
+        report = build_store_index(args.store, args.kind or "auto", pca=args.pca, target_recall=args.target_recall,
                                    whiten=args.whiten)
     if args.json:
         print_json(report)
@@ -58,7 +58,9 @@ def register(sub: Subparsers) -> None:
     p = index_sub.add_parser("build", help="build (or rebuild) the store's index and measure its recall")
     p.set_defaults(handler=cmd_index_build)
     p.add_argument("--store", required=True, type=Path)
-    p.add_argument("--kind", required=True, choices=["flat", "hnsw", "ivfpq", "binary"])
+    p.add_argument("--kind", default=None, choices=["auto", "flat", "hnsw", "ivfpq", "binary", "hnswpca"],
+                   help="default: auto (chosen from the store's size, tuned to --target-recall, default 0.95); "
+                        "ivfpq with --engine ray")
     p.add_argument("--pca", type=positive_int, default=None, help="reduce to D dims by PCA first")
     p.add_argument("--whiten", action="store_true", help="PCA-whiten (with --pca)")
     p.add_argument("--target-recall", type=float, default=None, help="tune search (and build) params to reach it")

@@ -1,7 +1,8 @@
 """Approximate nearest-neighbour indexes over feature-store vectors, one interface, FAISS underneath.
 
 Kinds: `flat` (exact), `hnsw` (graph), `ivfpq` (inverted lists + product quantization, optional exact
-re-ranking), `binary` (ITQ sign codes by Hamming distance, optional exact re-ranking); each optionally after
+re-ranking), `binary` (ITQ sign codes by Hamming distance, optional exact re-ranking), `hnswpca` (a graph over
+PCA-reduced vectors proposing candidates, re-ranked on the full vectors; what `auto` picks at scale); each optionally after
 PCA / PCA-whitening to `pca` dimensions. Cosine similarity throughout: vectors are L2-normalized before and
 after PCA, and the index ranks by inner product.
 
@@ -16,6 +17,7 @@ For a feature store: `build_store_index`, `load_store_index`, `update_store_inde
 """
 
 from offshelf.index.base import VectorIndex, build_index
+from offshelf.index.graph import HNSWPCAIndex, auto_choice, auto_target
 from offshelf.index.itq import ITQ
 from offshelf.index.kinds import BinaryIndex, FlatIndex, HNSWIndex, IVFPQIndex
 from offshelf.index.recall import RecallProbe, measure_recall, tune
@@ -27,10 +29,11 @@ from offshelf.index.store_index import (
     update_store_index,
 )
 
-KINDS = ("flat", "hnsw", "ivfpq", "binary")
+KINDS = ("flat", "hnsw", "ivfpq", "binary", "hnswpca")
 
 __all__ = [
-    "KINDS", "INDEX_DIR", "VectorIndex", "FlatIndex", "HNSWIndex", "IVFPQIndex", "BinaryIndex", "ITQ",
+    "KINDS", "INDEX_DIR", "VectorIndex", "FlatIndex", "HNSWIndex", "IVFPQIndex", "BinaryIndex", "HNSWPCAIndex", "ITQ",
+    "auto_choice", "auto_target",
     "build_index", "measure_recall", "tune", "RecallProbe",
     "build_store_index", "check_store_index", "load_store_index", "update_store_index",
 ]

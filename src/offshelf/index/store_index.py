@@ -16,6 +16,7 @@ import numpy as np
 
 from offshelf.errors import BusyError, OffshelfError
 from offshelf.index.base import MANIFEST, VectorIndex, build_index, digests, directory_lock, read_manifest
+from offshelf.index.graph import auto_choice, auto_target
 from offshelf.index.recall import measure_recall, tune
 from offshelf.store import FeatureStore, resolve_store
 
@@ -31,6 +32,9 @@ def build_store_index(store_dir: str | Path, kind: str, pca: int | None = None, 
                       *, whiten: bool = False, sample: int = 1000, seed: int = 0, **params: Any) -> dict[str, Any]:
     """Build an index of every vector in the store, measure it, tune it if asked, save it atomically.
 
+    `kind="auto"` picks the kind and build parameters from the store's size (`offshelf.index.graph.auto_choice`)
+    and tunes to `auto_target(target_recall)` (0.95 by default, plus a margin for new queries).
+
     Recall is measured leave-one-out on `min(sample, n)` of the store's vectors against exact search on the
     original features (see `offshelf.index.recall`). With `target_recall`, `tune` first picks the search
     setting on one sample (seed `seed`) and the reported recall is then measured on another (seed `seed + 1`).
@@ -41,6 +45,9 @@ def build_store_index(store_dir: str | Path, kind: str, pca: int | None = None, 
     snapshot, (ids, _, vectors) = store.snapshot_vectors()
     if not len(ids):
         raise OffshelfError(f"store {store_dir} holds no vectors; embed images first")
+    if kind == "auto":  # the kind and build parameters from the store's size; the search depth tuned below
+        kind, chosen = auto_choice(len(ids), vectors.shape[1])
+        params, target_recall = {**chosen, **params}, auto_target(target_recall)
     start = time.perf_counter()
     index = build_index(vectors, ids, kind, pca=pca, whiten=whiten, identity=store.config.identity(), **params)
     report: dict[str, Any] = {"build_seconds": time.perf_counter() - start}
