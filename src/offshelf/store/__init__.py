@@ -14,6 +14,7 @@ from offshelf.store.feature_store import (
     path_id,
 )
 from offshelf.store.identity import IDENTITY_FIELDS, StoreConfig, check_identity, describe_identity
+from offshelf.store.streaming import CHUNK_ROWS, StoreVectors
 from offshelf.store.marker import UPGRADE_MARKER, read_upgrade_marker, resolve_store
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "FileState",
     "ShardRows",
     "StoreConfig",
+    "StoreVectors",
+    "CHUNK_ROWS",
     "StoreWriter",
     "check_identity",
     "check_store",
