@@ -244,13 +244,14 @@ def chart(result: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="100000,300000,1000000")
-    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--kinds", default="flat,ivfpq,ivfpq+rerank,binary")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--recall-sample", type=int, default=200)
     parser.add_argument("--shard-rows", type=int, default=8192)
     parser.add_argument("--before", type=Path, help="src folder of the code before, to run flat with it too")
     parser.add_argument("--before-max-n", type=int, default=300_000)
     parser.add_argument("--quick", action="store_true", help="n = 20k: a smoke run")
+    parser.add_argument("--merge", action="store_true", help="keep the other sizes' rows of the earlier results")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--child", choices=("build", "search"), help=argparse.SUPPRESS)
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
@@ -269,6 +270,14 @@ def main() -> None:
                               "environment": environment_info(), "queries": args.queries, "rows": [],
                               "store_write_seconds": {}, "settings": {k: KINDS[k] for k in kinds}}
     name = "memory_scaling_quick" if args.quick else "memory_scaling"
+    if args.merge and (args.out / f"{name}.json").is_file():  # keep the other sizes of an earlier run
+        earlier = json.loads((args.out / f"{name}.json").read_text())
+        result["rows"] = [r for r in earlier["rows"] if r["n"] not in sizes]
+        result["store_write_seconds"] = {k: v for k, v in earlier["store_write_seconds"].items()
+                                         if int(k) not in sizes}
+        result["earlier_runs"] = [*earlier.get("earlier_runs", []), {
+            "started": earlier["started"], "sizes": sorted({r["n"] for r in result["rows"]}),
+            "load_average_at_start": earlier["environment"]["load_average_at_start"]}]
     for n in sizes:
         store, written = bench_store(n, args.shard_rows, log)
         result["store_write_seconds"][n] = written
@@ -283,6 +292,7 @@ def main() -> None:
             row = {"variant": variant, "n": n, "vector_bytes": n * DIM * 4, "index_bytes": index_bytes,
                    "build": build, "search": search}
             result["rows"].append(row)
+            result["rows"].sort(key=lambda r: r["n"])  # stable: the variants keep their order within an n
             log(f"{variant} n={n:,}: build {build['seconds']:.0f} s peak {build['peak_bytes'] / 1e9:.2f} GB; search "
                 f"open {search['open_seconds']:.1f} s peak {search['peak_bytes'] / 1e9:.2f} GB; index "
                 f"{index_bytes / 1e9:.2f} GB")
@@ -311,7 +321,9 @@ def notes(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
         "(rerank = 1000), so they are held to the same 1.5x goal as flat.",
         "`flat (before)` is the code before this change (the commit this branch started from), same store, same "
         "measurement.",
-    ]
+    ] + [f"Rows for n = {', '.join(f'{n:,}' for n in run['sizes'])} come from the run started {run['started']} "
+         f"(load average {', '.join(f'{v:.2f}' for v in run['load_average_at_start'])}): one locked run per size."
+         for run in result.get("earlier_runs", [])]
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def digests(vectors: np.ndarray) -> np.ndarray:
 
 
 class _Sink:
-    """Counts (and, when asked, hashes) bytes: a FAISS writer callback that can also pass them on to a file."""
+    """Counts bytes: a FAISS writer callback that can pass them on to a file; or the size and sha256 of a file."""
 
     def __init__(self) -> None:
         self.size, self.sha256, self._handle = 0, "", None
