@@ -347,8 +347,8 @@ def test_crash_during_save_leaves_previous_index(data: tuple[np.ndarray, np.ndar
             raise KeyboardInterrupt("simulated crash")
         original_bytes(path, *args)
 
-    original_bytes = index_base.atomic_write_bytes
-    monkeypatch.setattr(index_base, "atomic_write_json" if crash_at == "manifest" else "atomic_write_bytes", crash)
+    original_bytes = index_base.atomic_write  # data files are streamed through atomic_write
+    monkeypatch.setattr(index_base, "atomic_write_json" if crash_at == "manifest" else "atomic_write", crash)
     with pytest.raises(KeyboardInterrupt, match="^simulated crash$"):
         index.save(directory)
     monkeypatch.undo()

@@ -14,7 +14,7 @@ import json
 import secrets
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -27,9 +27,10 @@ from sklearn.preprocessing import Normalizer
 from offshelf._version import __version__
 from offshelf.errors import OffshelfError
 from offshelf.index._rwlock import RWLock
-from offshelf.io import atomic_write_bytes, atomic_write_json, exclusive_lock, remove_stale_tmp_files
-from offshelf.io.bundles import arrays_from_bytes, arrays_to_bytes
+from offshelf.io import atomic_write, atomic_write_json, exclusive_lock, remove_stale_tmp_files
+from offshelf.io.bundles import arrays_from_file
 from offshelf.store.identity import check_identity
+from offshelf.store.streaming import CHUNK_ROWS, StoreVectors
 from offshelf.transforms import pipeline_from_bundle, pipeline_to_bundle
 
 FORMAT = 1
@@ -37,6 +38,7 @@ MANIFEST = "index.json"
 LOCK_FILE = ".lock"
 TRAIN_SAMPLE = 100_000  # vectors used to fit PCA, ITQ and the IVF/PQ quantizers
 RERANK_CHUNK = 1 << 22  # floats gathered at once while re-ranking
+ADD_CHUNK = CHUNK_ROWS  # vectors transformed and added at once by build_index
 DATA_FILES = ("faiss", "arrays")  # saved as {name}-{token}.{ext}, named by the manifest
 _EXT = {"faiss": "index", "arrays": "npz"}
 _KINDS: dict[str, type[VectorIndex]] = {}
@@ -67,6 +69,38 @@ def digests(vectors: np.ndarray) -> np.ndarray:
     rows = np.ascontiguousarray(vectors, dtype=np.float32)
     raw = b"".join(hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in rows)
     return np.frombuffer(raw, dtype=np.int64).copy()
+
+
+class _Sink:
+    """Counts bytes: a FAISS writer callback that can pass them on to a file; or the size and sha256 of a file."""
+
+    def __init__(self) -> None:
+        self.size, self.sha256, self._handle = 0, "", None
+
+    def to(self, handle: Any) -> _Sink:
+        self._handle = handle
+        return self
+
+    def __call__(self, block: bytes) -> int:
+        self.size += len(block)
+        if self._handle is not None:
+            self._handle.write(block)
+        return len(block)
+
+    def hash_handle(self, handle: Any) -> _Sink:
+        """Size and sha256 of an open file's bytes, read in blocks; leaves it at its start."""
+        digest, self.size = hashlib.sha256(), 0
+        handle.seek(0)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+            self.size += len(block)
+        handle.seek(0)
+        self.sha256 = digest.hexdigest()
+        return self
+
+    def hash_file(self, path: Path) -> _Sink:
+        with open(path, "rb") as handle:
+            return self.hash_handle(handle)
 
 
 def _projection(pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray] | None:
@@ -114,8 +148,9 @@ class VectorIndex:
     search_defaults: ClassVar[dict[str, Any]] = {}
     knob: ClassVar[str | None] = None  # the search-time parameter `tune` raises
     reranks: ClassVar[bool] = False  # a `rerank` > 0 at build time keeps float vectors to re-score candidates
-    _serialize: ClassVar[Callable[[Any], np.ndarray]] = staticmethod(faiss.serialize_index)
-    _deserialize: ClassVar[Callable[[np.ndarray], Any]] = staticmethod(faiss.deserialize_index)
+    learns: ClassVar[bool] = True  # False: the FAISS index learns nothing from training vectors (flat, HNSW)
+    _write_faiss: ClassVar[Callable[[Any, Any], None]] = staticmethod(faiss.write_index)
+    _read_faiss: ClassVar[Callable[[Any], Any]] = staticmethod(faiss.read_index)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -136,7 +171,8 @@ class VectorIndex:
         self._ids = np.empty(0, np.int64)
         self._alive = np.empty(0, bool)
         self._digests = np.empty(0, np.int64)
-        self._floats: np.ndarray | None = None
+        self._floats: np.ndarray | None = None  # the kept rows of `_floats_buffer`, which may have room for more
+        self._floats_buffer = np.empty((0, 0), np.float32)
         self._bitmap: np.ndarray | None = None
         self._selector: faiss.IDSelectorBitmap | None = None
         self._lock = RWLock()
@@ -183,22 +219,32 @@ class VectorIndex:
     def is_trained(self) -> bool:
         return self._faiss is not None
 
-    def train(self, vectors: np.ndarray) -> VectorIndex:
-        """Fit the preprocessing and the quantizers on (a sample of) `vectors`; does not add them."""
-        x = as_matrix(vectors, self.dim)
-        n = len(x)
-        if n > TRAIN_SAMPLE:
-            x = x[np.sort(np.random.default_rng(0).choice(n, TRAIN_SAMPLE, replace=False))]
+    def train(self, vectors: np.ndarray | StoreVectors) -> VectorIndex:
+        """Fit the preprocessing and the quantizers on (a sample of) `vectors`; does not add them.
+
+        Only the sample is read (`vectors` may be a `StoreVectors`); a kind that learns nothing from the data,
+        without PCA, reads just the first rows."""
+        if not isinstance(vectors, StoreVectors):
+            vectors = np.atleast_2d(np.asarray(vectors))
+        n = len(vectors)
+        if not self.learns and self.pca is None and not self.whiten:
+            rows: Any = slice(0, min(n, 1))
+        elif n > TRAIN_SAMPLE:
+            rows = np.sort(np.random.default_rng(0).choice(n, TRAIN_SAMPLE, replace=False))
+        else:
+            rows = slice(0, n)
+        x = as_matrix(vectors[rows], self.dim)
         if self.pca is not None and not 0 < self.pca <= min(x.shape):
             raise OffshelfError(f"pca must be between 1 and min(n, dim) = {min(x.shape)}, got {self.pca}")
         self._projection = _projection(self.pipeline.fit(x))
         working = self._working(x)
+        del x  # the sample in the input space is not needed any more: one copy fewer while the quantizers train
         self.d = working.shape[1]
         self._params = self._resolve(dict(self._params), n)
         self._check_search_params(self._params)
         self._faiss = self._new_faiss(working)
         if self.reranks and self._params["rerank"] > 0:
-            self._floats = np.empty((0, self.d), np.float32)
+            self._floats = self._floats_buffer = np.empty((0, self.d), np.float32)
         return self
 
     def set_params(self, **params: Any) -> VectorIndex:
@@ -254,8 +300,7 @@ class VectorIndex:
             self._alive = np.concatenate([self._alive, np.ones(len(ids), bool)])
             self._digests = np.concatenate([self._digests, prints])
             if self._floats is not None:
-                # adopt this call's own copy when nothing is kept yet: halves the peak of a one-shot build
-                self._floats = x if not len(self._floats) else np.concatenate([self._floats, x])
+                self._append_floats(x)
             self._refresh_selector()
 
     def merge_from(self, other: VectorIndex) -> None:
@@ -274,8 +319,40 @@ class VectorIndex:
             self._alive = np.concatenate([self._alive, other._alive])
             self._digests = np.concatenate([self._digests, other._digests])
             if self._floats is not None and other._floats is not None:
-                self._floats = np.concatenate([self._floats, other._floats])
+                self._append_floats(other._floats)
             self._refresh_selector()
+
+    def reserve(self, n: int) -> None:
+        """Make room for `n` more entries before adding them in chunks, so that memory grows once, not by
+        doubling (a doubling vector briefly holds the old and the new copy: 1.5x to 2x the final size)."""
+        self._check_trained()
+        with self._lock.write():
+            self._reserve_codes(len(self._ids) + n)
+            if self._floats is not None:
+                self._grow_floats(len(self._floats) + n)
+
+    def _reserve_codes(self, total: int) -> None:
+        """Let the FAISS index hold `total` entries without reallocating (kinds storing raw vectors)."""
+
+    def _grow_floats(self, capacity: int) -> None:
+        assert self._floats is not None
+        if len(self._floats_buffer) < capacity:
+            buffer = np.empty((capacity, self.d), np.float32)
+            buffer[: len(self._floats)] = self._floats
+            self._floats_buffer = buffer
+            self._floats = buffer[: len(self._floats)]
+
+    def _append_floats(self, x: np.ndarray) -> None:
+        """Keep `x` after the kept float vectors, in the reserved room (growing by half when there is none)."""
+        assert self._floats is not None
+        filled = len(self._floats)
+        if not filled and not len(self._floats_buffer):
+            self._floats = self._floats_buffer = x  # this call's own copy: no second one for a one-shot add
+            return
+        if len(self._floats_buffer) < filled + len(x):
+            self._grow_floats(max(filled + len(x), filled + filled // 2))
+        self._floats_buffer[filled : filled + len(x)] = x
+        self._floats = self._floats_buffer[: filled + len(x)]
 
     def remove(self, ids: np.ndarray) -> int:
         """Make `ids` unsearchable (tombstones); returns how many were present."""
@@ -358,7 +435,9 @@ class VectorIndex:
             if not len(self._ids):
                 return 0.0
             floats = 0 if self._floats is None else self._floats.nbytes
-            return (self._serialize(self._faiss).nbytes + floats) / len(self._ids)
+            counted = _Sink()
+            self._write_faiss(self._faiss, faiss.PyCallbackIOWriter(counted))
+            return (counted.size + floats) / len(self._ids)
 
     def check_identity(self, identity: dict[str, Any], where: str) -> None:
         """OffshelfError unless `identity` (model, layer, pool, augment, dim) is the one the index was built for."""
@@ -378,15 +457,29 @@ class VectorIndex:
         return target
 
     def _write(self, target: Path) -> None:
-        """`save` without taking the directory lock (the caller holds it)."""
+        """`save` without taking the directory lock (the caller holds it). The data files are streamed to disk
+        (FAISS's writer, `np.savez` member by member): saving holds no copy of the index's bytes."""
         self._check_trained()
-        manifest, data = self._snapshot()
         token = secrets.token_hex(8)
         files = {key: f"{key}-{token}.{_EXT[key]}" for key in DATA_FILES}
-        for key in DATA_FILES:
-            atomic_write_bytes(target / files[key], data[key])
-        manifest["files"] = {key: {"name": files[key], "bytes": len(data[key]),
-                                   "sha256": hashlib.sha256(data[key]).hexdigest()} for key in DATA_FILES}
+        with self._lock.read():
+            manifest, arrays = self._snapshot()
+            written = {key: _Sink() for key in DATA_FILES}
+
+            def writer(key: str) -> Callable[[Path], None]:
+                def write(tmp: Path) -> None:
+                    with open(tmp, "wb") as handle:
+                        if key == "faiss":
+                            self._write_faiss(self._faiss, faiss.PyCallbackIOWriter(written[key].to(handle)))
+                        else:
+                            np.savez(handle, **arrays)
+                    written[key].hash_file(tmp)
+                return write
+
+            for key in DATA_FILES:
+                atomic_write(target / files[key], writer(key))
+        manifest["files"] = {key: {"name": files[key], "bytes": written[key].size,
+                                   "sha256": written[key].sha256} for key in DATA_FILES}
         atomic_write_json(target / MANIFEST, manifest)
         for key in DATA_FILES:
             for old in target.glob(f"{key}-*.{_EXT[key]}"):
@@ -394,20 +487,19 @@ class VectorIndex:
                     old.unlink(missing_ok=True)
         remove_stale_tmp_files(target)
 
-    def _snapshot(self) -> tuple[dict[str, Any], dict[str, bytes]]:
-        """The manifest (without file names) and the bytes of each data file, taken under the read lock."""
-        with self._lock.read():
-            steps, arrays = pipeline_to_bundle(self.pipeline, prefix="pipeline")
-            arrays |= {"ids": self._ids, "alive": self._alive, "digests": self._digests, **self._state_arrays()}
-            if self._floats is not None:
-                arrays["floats"] = self._floats
-            manifest = {
-                "format": FORMAT, "offshelf_version": __version__, "kind": self.kind, "dim": self.dim,
-                "index_dim": self.d, "pca": self.pca, "whiten": self.whiten, "params": dict(self._params),
-                "identity": self.identity, "pipeline": steps, "ntotal": int(np.count_nonzero(self._alive)),
-                "store_seq": self.store_seq,
-            }
-            return manifest, {"faiss": self._serialize(self._faiss).tobytes(), "arrays": arrays_to_bytes(arrays)}
+    def _snapshot(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The manifest (without file names) and the arrays to save (the caller holds the read lock)."""
+        steps, arrays = pipeline_to_bundle(self.pipeline, prefix="pipeline")
+        arrays |= {"ids": self._ids, "alive": self._alive, "digests": self._digests, **self._state_arrays()}
+        if self._floats is not None:
+            arrays["floats"] = self._floats
+        manifest = {
+            "format": FORMAT, "offshelf_version": __version__, "kind": self.kind, "dim": self.dim,
+            "index_dim": self.d, "pca": self.pca, "whiten": self.whiten, "params": dict(self._params),
+            "identity": self.identity, "pipeline": steps, "ntotal": int(np.count_nonzero(self._alive)),
+            "store_seq": self.store_seq,
+        }
+        return manifest, arrays
 
     @staticmethod
     def load(directory: str | Path) -> VectorIndex:
@@ -428,25 +520,31 @@ class VectorIndex:
 
     @classmethod
     def _from_files(cls, source: Path, manifest: dict[str, Any]) -> VectorIndex:
-        data = {}
-        for key in DATA_FILES:
-            entry = manifest["files"][key]
-            if Path(entry["name"]).name != entry["name"]:
-                raise OffshelfError(f"index manifest {source / MANIFEST} names a file outside its folder")
-            data[key] = (source / entry["name"]).read_bytes()
-            expected = entry.get("sha256")  # absent in indexes saved before checksums were recorded
-            if len(data[key]) != entry["bytes"] or (expected and hashlib.sha256(data[key]).hexdigest() != expected):
-                raise OffshelfError(f"index file {source / entry['name']} is truncated or corrupt")
-        arrays = arrays_from_bytes(data["arrays"])
+        with ExitStack() as files:
+            handles = {}
+            for key in DATA_FILES:  # open both first: a concurrent save may delete them once replaced
+                entry = manifest["files"][key]
+                if Path(entry["name"]).name != entry["name"]:
+                    raise OffshelfError(f"index manifest {source / MANIFEST} names a file outside its folder")
+                handles[key] = files.enter_context(open(source / entry["name"], "rb"))
+            for key in DATA_FILES:
+                entry, checked = manifest["files"][key], _Sink().hash_handle(handles[key])
+                expected = entry.get("sha256")  # absent in indexes saved before checksums were recorded
+                if checked.size != entry["bytes"] or (expected and checked.sha256 != expected):
+                    raise OffshelfError(f"index file {source / entry['name']} is truncated or corrupt")
+            arrays = arrays_from_file(handles["arrays"])
+            faiss_index = cls._read_faiss(faiss.PyCallbackIOReader(handles["faiss"].read))
         index = cls(manifest["dim"], pca=manifest["pca"], whiten=manifest["whiten"],
                     identity=manifest["identity"], **manifest["params"])
         index._check_search_params(index._params)
         index.d = manifest["index_dim"]
         index.pipeline = pipeline_from_bundle(manifest["pipeline"], arrays, prefix="pipeline")
         index._projection = _projection(index.pipeline)
-        index._faiss = cls._deserialize(np.frombuffer(data["faiss"], np.uint8))
+        index._faiss = faiss_index
         index._ids, index._alive, index._digests = arrays["ids"], arrays["alive"].copy(), arrays["digests"]
         index._floats = arrays.get("floats")
+        if index._floats is not None:
+            index._floats_buffer = index._floats
         index._load_state(arrays)
         index._refresh_selector()
         seq = manifest.get("store_seq")
@@ -472,21 +570,28 @@ def read_manifest(source: Path) -> dict[str, Any]:
     return manifest
 
 
-def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str = "flat", *, pca: int | None = None,
+def build_index(vectors: np.ndarray | StoreVectors, ids: np.ndarray, kind: str = "flat", *, pca: int | None = None,
                 whiten: bool = False, identity: dict[str, Any] | None = None, **params: Any) -> VectorIndex:
-    """Train an index of `kind` on `vectors` and add them under `ids` (see each kind for `params`)."""
-    x = as_matrix(vectors)
-    index = train_index(x, kind, pca=pca, whiten=whiten, identity=identity, **params)
-    index.add(x, ids)
+    """Train an index of `kind` on `vectors` and add them under `ids` (see each kind for `params`).
+
+    `vectors` is a matrix or a `StoreVectors` (see `offshelf.store.streaming`): training reads a sample, and
+    the vectors are added `ADD_CHUNK` rows at a time into room reserved up front, so the build holds the index
+    plus one chunk, never a second copy of the vectors."""
+    index = train_index(vectors, kind, pca=pca, whiten=whiten, identity=identity, **params)
+    ids = as_ids(ids, len(vectors))
+    index.reserve(len(vectors))
+    for start in range(0, len(vectors), ADD_CHUNK):
+        index.add(vectors[start : start + ADD_CHUNK], ids[start : start + ADD_CHUNK])
     return index
 
 
-def train_index(vectors: np.ndarray, kind: str = "flat", *, pca: int | None = None, whiten: bool = False,
-                identity: dict[str, Any] | None = None, **params: Any) -> VectorIndex:
+def train_index(vectors: np.ndarray | StoreVectors, kind: str = "flat", *, pca: int | None = None,
+                whiten: bool = False, identity: dict[str, Any] | None = None, **params: Any) -> VectorIndex:
     """An index of `kind` trained on (a sample of) `vectors`, still empty: `build_index` without the adding."""
     if kind not in _KINDS:
         raise OffshelfError(f"unknown index kind {kind!r}; choose from {', '.join(_KINDS)}")
-    x = as_matrix(vectors)
-    if not len(x):
+    if not isinstance(vectors, StoreVectors):
+        vectors = as_matrix(vectors)
+    if not len(vectors):
         raise OffshelfError("cannot build an index from 0 vectors")
-    return _KINDS[kind](x.shape[1], pca=pca, whiten=whiten, identity=identity, **params).train(x)
+    return _KINDS[kind](vectors.shape[1], pca=pca, whiten=whiten, identity=identity, **params).train(vectors)

@@ -42,11 +42,11 @@ class ITQ:
         self.tol = tol
 
     def fit(self, X: np.ndarray) -> ITQ:
-        X = np.asarray(X, dtype=np.float64)
-        if not 0 < self.n_bits <= min(X.shape):
-            raise OffshelfError(f"ITQ needs 0 < n_bits <= min(n, d) = {min(X.shape)}, got {self.n_bits}")
-        self.mean_ = X.mean(axis=0)
-        centered = X - self.mean_
+        centered = np.array(X, dtype=np.float64)  # one float64 copy, centred in place
+        if not 0 < self.n_bits <= min(centered.shape):
+            raise OffshelfError(f"ITQ needs 0 < n_bits <= min(n, d) = {min(centered.shape)}, got {self.n_bits}")
+        self.mean_ = centered.mean(axis=0)
+        centered -= self.mean_
         eigenvalues, eigenvectors = np.linalg.eigh(centered.T @ centered)
         self.components_ = eigenvectors[:, np.argsort(eigenvalues)[::-1][: self.n_bits]].T
         V = centered @ self.components_.T

@@ -42,13 +42,25 @@ def _largest_divisor(d: int, limit: int) -> int:
     return max(m for m in range(1, max(1, limit) + 1) if d % m == 0)
 
 
+def _reserve_flat(index: Any, total: int) -> None:
+    """Give a FAISS flat index's code vector the capacity for `total` rows (resizing up then back down keeps
+    the capacity), so adding in chunks does not reallocate by doubling."""
+    size = index.codes.size()
+    index.codes.resize(max(size, total * index.code_size))
+    index.codes.resize(size)
+
+
 class FlatIndex(VectorIndex):
     """Exact search: inner product of L2-normalized vectors (cosine), FAISS IndexFlatIP."""
 
     kind = "flat"
+    learns = False
 
     def _new_faiss(self, x: np.ndarray) -> Any:
         return faiss.IndexFlatIP(x.shape[1])
+
+    def _reserve_codes(self, total: int) -> None:
+        _reserve_flat(self._faiss, total)
 
     def _search_codes(self, x: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         return self._faiss.search(x, depth, params=faiss.SearchParameters(sel=self._selector))
@@ -61,6 +73,10 @@ class HNSWIndex(VectorIndex):
     knob = "efSearch"
     build_defaults = {"M": 32, "efConstruction": 200}
     search_defaults = {"efSearch": 64}
+    learns = False
+
+    def _reserve_codes(self, total: int) -> None:
+        _reserve_flat(faiss.downcast_index(self._faiss.storage), total)
 
     def _new_faiss(self, x: np.ndarray) -> Any:
         index = faiss.IndexHNSWFlat(x.shape[1], self._params["M"], faiss.METRIC_INNER_PRODUCT)
@@ -131,8 +147,8 @@ class BinaryIndex(VectorIndex):
     reranks = True
     build_defaults = {"nbits": None, "n_iter": 50, "hnsw": None, "M": 32}
     search_defaults = {"rerank": 0, "efSearch": 64}
-    _serialize = staticmethod(faiss.serialize_index_binary)
-    _deserialize = staticmethod(faiss.deserialize_index_binary)
+    _write_faiss = staticmethod(faiss.write_index_binary)
+    _read_faiss = staticmethod(faiss.read_index_binary)
 
     def _resolve(self, params: dict[str, Any], n: int) -> dict[str, Any]:
         nbits = int(params["nbits"] or min(self.d, 256) // 8 * 8)

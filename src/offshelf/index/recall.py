@@ -25,8 +25,9 @@ from sklearn.preprocessing import normalize
 
 from offshelf.errors import OffshelfError
 from offshelf.index.base import VectorIndex, as_ids, as_matrix, build_index
+from offshelf.store.streaming import CHUNK_ROWS, StoreVectors
 
-EXACT_CHUNK = 65_536
+EXACT_CHUNK = CHUNK_ROWS  # database rows scored at once (one streamed chunk of a store)
 
 
 def _drop_self(found: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
@@ -68,13 +69,14 @@ class RecallProbe:
                  k: Sequence[int] = (1, 10), seed: int = 0, space: str = "input") -> None:
         if space not in ("input", "index"):
             raise OffshelfError(f"space must be 'input' or 'index', got {space!r}")
-        raw = as_matrix(vectors, index.dim)
+        # a matrix or a StoreVectors: only the sampled queries and one chunk at a time are read
+        raw = vectors if isinstance(vectors, StoreVectors) else as_matrix(vectors, index.dim)
         ids = as_ids(ids, len(raw))
         if len(raw) < 2:
             raise OffshelfError("measuring recall needs at least 2 vectors")
         self.ks, self.kmax = tuple(k), max(k)
         rows = np.sort(np.random.default_rng(seed).choice(len(raw), min(sample, len(raw)), replace=False))
-        self.queries, self.query_ids = raw[rows], ids[rows]
+        self.queries, self.query_ids = as_matrix(raw[rows], index.dim), ids[rows]
         to_space = index.transform if space == "index" else normalize
         pos = exact_neighbours(to_space(self.queries), raw, to_space, self.kmax + 1)
         self.truth = _drop_self(np.where(pos >= 0, ids[pos], -1), self.query_ids, self.kmax)

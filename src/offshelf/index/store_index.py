@@ -18,7 +18,7 @@ from offshelf.errors import BusyError, OffshelfError
 from offshelf.index.base import MANIFEST, VectorIndex, build_index, digests, directory_lock, read_manifest
 from offshelf.index.graph import auto_choice, auto_target
 from offshelf.index.recall import measure_recall, tune
-from offshelf.store import FeatureStore, resolve_store
+from offshelf.store import CHUNK_ROWS, FeatureStore, StoreVectors, resolve_store
 
 INDEX_DIR = "index"
 _LOCK_TRIES = 300
@@ -42,7 +42,8 @@ def build_store_index(store_dir: str | Path, kind: str, pca: int | None = None, 
     """
     store = resolve_store(store_dir)
     store_dir = store.root
-    snapshot, (ids, _, vectors) = store.snapshot_vectors()
+    snapshot, vectors = store.snapshot_view()  # streamed from the shards: never the whole matrix in memory
+    ids = vectors.ids
     if not len(ids):
         raise OffshelfError(f"store {store_dir} holds no vectors; embed images first")
     if kind == "auto":  # the kind and build parameters from the store's size; the search depth tuned below
@@ -94,15 +95,26 @@ def load_store_index(store_dir: str | Path) -> VectorIndex | None:
     return index
 
 
-def sync_index(index: VectorIndex, ids: np.ndarray, vectors: np.ndarray) -> dict[str, int]:
-    """Make the index hold exactly `ids` with `vectors`: add the missing, replace the changed, remove the rest."""
+def sync_index(index: VectorIndex, ids: np.ndarray, vectors: np.ndarray | StoreVectors) -> dict[str, int]:
+    """Make the index hold exactly `ids` with `vectors`: add the missing, replace the changed, remove the rest.
+
+    `vectors` may be a `StoreVectors`: they are compared and added `CHUNK_ROWS` at a time."""
     indexed = index._live_digests()
-    stale = np.array([indexed.get(i) != d for i, d in zip(ids.tolist(), digests(vectors).tolist())], bool)
+    prints = streamed_digests(vectors)
+    stale = np.array([indexed.get(i) != d for i, d in zip(ids.tolist(), prints.tolist())], bool)
     replaced = sum(1 for i in ids[stale].tolist() if i in indexed)
     removed = index.remove(np.setdiff1d(index.ids(), ids))
-    if stale.any():
-        index.add(vectors[stale], ids[stale])
+    rows = np.flatnonzero(stale)
+    for start in range(0, len(rows), CHUNK_ROWS):
+        chunk = rows[start : start + CHUNK_ROWS]
+        index.add(vectors[chunk], ids[chunk])
     return {"added": int(stale.sum()) - replaced, "replaced": replaced, "removed": removed}
+
+
+def streamed_digests(vectors: np.ndarray | StoreVectors) -> np.ndarray:
+    """`digests` of every row, computed `CHUNK_ROWS` rows at a time."""
+    return np.concatenate([digests(vectors[s : s + CHUNK_ROWS]) for s in range(0, len(vectors), CHUNK_ROWS)]
+                          or [np.empty(0, np.int64)])
 
 
 def sync_with_store(index: VectorIndex, store: FeatureStore, force: bool = False) -> dict[str, int] | None:
@@ -110,8 +122,8 @@ def sync_with_store(index: VectorIndex, store: FeatureStore, force: bool = False
     compare every id and vector anyway)."""
     if not force and index.store_seq == store.snapshot().seq:
         return None
-    snapshot, (ids, _, vectors) = store.snapshot_vectors()
-    counts = sync_index(index, ids, vectors)
+    snapshot, vectors = store.snapshot_view()
+    counts = sync_index(index, vectors.ids, vectors)
     counts["from_seq"], counts["to_seq"] = index.store_seq or 0, snapshot.seq
     index.store_seq = snapshot.seq
     return counts
@@ -181,12 +193,13 @@ def check_store_index(store_dir: str | Path, *, repair: bool = False) -> dict[st
                          "repair": "rebuild"})
         index = None
     if index is not None:
-        snapshot, (ids, _, vectors) = store.snapshot_vectors()
+        snapshot, vectors = store.snapshot_view()
+        ids = vectors.ids
         if index.store_seq != snapshot.seq:
             problems.append({"file": str(directory / MANIFEST), "repair": "catch up", "what":
                              f"covers store commits up to {index.store_seq}, the store is at {snapshot.seq}"})
         indexed = index._live_digests()
-        current = dict(zip(ids.tolist(), digests(vectors).tolist()))
+        current = dict(zip(ids.tolist(), streamed_digests(vectors).tolist()))
         missing, extra = len(current.keys() - indexed.keys()), len(indexed.keys() - current.keys())
         stale = sum(1 for i, d in current.items() if i in indexed and indexed[i] != d)
         if missing or extra or stale:

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -35,6 +35,7 @@ META_FILE = "meta.json"
 CHECKSUM_KEY = "arrays_sha256"
 _STAGING = "~bundle-"  # staging folders are `.tmp-NAME~bundle-XXXX` beside the target
 _RENAME_EXCHANGE, _AT_FDCWD = 2, -100  # linux/fs.h, fcntl.h
+_READ_BLOCK = 16 << 20
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
@@ -48,8 +49,14 @@ def arrays_to_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 def arrays_from_bytes(data: bytes, name: str = "arrays") -> dict[str, np.ndarray]:
     """The arrays of `.npz` bytes as `arrays_to_bytes` writes them; OffshelfError naming `name` for anything else
     (never unpickles, never decompresses, never allocates more than `data` holds)."""
+    return arrays_from_file(io.BytesIO(data), name)
+
+
+def arrays_from_file(handle: BinaryIO, name: str = "arrays") -> dict[str, np.ndarray]:
+    """`arrays_from_bytes` of an open binary file, read member by member straight into the arrays (memory: the
+    arrays, not the file's bytes besides them)."""
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        with zipfile.ZipFile(handle) as archive:
             return {info.filename.removesuffix(".npy"): _read_member(archive, info) for info in archive.infolist()}
     except (ValueError, TypeError, EOFError, SyntaxError, OverflowError, NotImplementedError, zipfile.BadZipFile) as exc:
         raise OffshelfError(f"cannot load {name}: {type(exc).__name__}: {exc}") from None
@@ -67,11 +74,20 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
         if dtype.hasobject:
             raise ValueError(f"member {info.filename!r} holds Python objects (a pickle); refusing it")
         size = math.prod(shape) * dtype.itemsize
-        body = member.read(size + 1)
-    if len(body) != size:
-        raise ValueError(f"member {info.filename!r} holds {len(body)} bytes of data, its header says {size}")
-    flat = np.frombuffer(body, dtype=dtype, count=math.prod(shape))
-    return flat.reshape(shape[::-1]).T.copy() if fortran_order else flat.reshape(shape).copy()
+        if size > info.file_size:
+            raise ValueError(f"member {info.filename!r} holds {info.file_size} bytes, its header says {size} of data")
+        flat = np.empty(math.prod(shape), dtype)
+        view, filled = memoryview(flat).cast("B"), 0
+        while filled < size:  # straight into the array: no second copy of a large member
+            block = member.read(min(size - filled, _READ_BLOCK))
+            if not block:
+                break
+            view[filled : filled + len(block)] = block
+            filled += len(block)
+        extra = member.read(1)
+    if filled != size or extra:
+        raise ValueError(f"member {info.filename!r} holds {filled + len(extra)}+ bytes of data, its header says {size}")
+    return flat.reshape(shape[::-1]).T.copy() if fortran_order else flat.reshape(shape)
 
 
 def check_bundle_target(directory: str | Path, overwrite: bool = False) -> Path:

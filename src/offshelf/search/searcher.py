@@ -48,8 +48,11 @@ class Searcher:
         # an upgraded store (marker STORE/upgrade.json, see offshelf.upgrade) is searched in its new store
         self.store = resolve_store(store)
         check_store_precision(self.store, precision)
-        snapshot, (ids, paths, vectors) = self.store.snapshot_vectors()
-        self._path_of = dict(zip(ids.tolist(), paths))
+        # ids and paths in memory; the vectors are streamed from the shards only if the index must be built or
+        # caught up, so the store's matrix is never held next to the index
+        snapshot, vectors = self.store.snapshot_view(paths=True)
+        ids = vectors.ids
+        self._path_of = dict(zip(ids.tolist(), vectors.paths or []))
         saved = None if exact else load_store_index(self.store.root)
         #: how a saved index that lagged behind the store was caught up before answering (None: it was current)
         self.caught_up: dict[str, object] | None = None

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from offshelf.errors import OffshelfError, UnknownItemsError
+from offshelf.errors import OffshelfError, StoreError, UnknownItemsError
 from offshelf.extract import Embedder
 from offshelf.images import ImageDecodeError
 from offshelf.io import atomic_write_bytes
@@ -52,8 +52,10 @@ class Service:
         self.config = config
         self.searcher = Searcher(config.store, threads=config.threads, precision=config.precision)
         self.store = self.searcher.store
-        ids, _, vectors = self.store.vectors()
-        self._vector_of: dict[int, np.ndarray] = dict(zip(ids.tolist(), vectors))
+        # the store's vectors stay on disk: an item's vector is read when asked for (search by id), and only
+        # the ones added through this server are kept in memory
+        self._view = self.store.vector_view()
+        self._added: dict[int, np.ndarray] = {}
         self.uploads = self.store.root.resolve() / UPLOADS_DIR
         self.probe: LinearProbe | None = None
         if config.probe is not None:
@@ -93,10 +95,21 @@ class Service:
         return path
 
     def vector_of(self, item_id: int) -> np.ndarray:
-        vector = self._vector_of.get(item_id)
-        if vector is None:
-            raise ItemNotFound(f"no item with id {item_id} in the store")
-        return vector
+        self.path_of(item_id)  # ItemNotFound unless it is served
+        vector = self._added.get(item_id)
+        if vector is not None:
+            return vector
+        for attempt in range(2):
+            view = self._view
+            row = view.rows_of(np.array([item_id], np.int64))[0]
+            try:
+                if row >= 0:
+                    return view[[row]][0]
+            except StoreError:
+                if attempt:
+                    raise
+            self._view = self.store.vector_view()  # the store was compacted, or the item is newer than the view
+        raise ItemNotFound(f"no item with id {item_id} in the store")
 
     def text_vector(self, text: str) -> np.ndarray:
         """A text query embedded by the store's model's text tower; OffshelfError (HTTP 400) if it has none."""
@@ -165,9 +178,9 @@ class Service:
             if self._recall is None or self._recall["items"] != len(self):
                 from offshelf.index import measure_recall
 
-                with self._write_lock:  # a consistent copy of the vectors searched
-                    ids = np.fromiter(self._vector_of, np.int64, len(self._vector_of))
-                    vectors = np.stack(list(self._vector_of.values())) if len(ids) else None
+                with self._write_lock:  # the store as searched now (writes go through this lock)
+                    vectors = self.store.vector_view()
+                ids = vectors.ids
                 measured: dict[str, Any] = {"recall_at_1": None, "recall_at_10": None}
                 if len(ids) >= 2:
                     measured = measure_recall(self.searcher.index, vectors, ids, sample=min(RECALL_SAMPLE, len(ids)))
@@ -212,7 +225,7 @@ class Service:
                 raise
             update_store_index(self.store.root)
             self.searcher.add(vector[None, :], np.array([item_id]), [str(path)])
-            self._vector_of[item_id] = np.asarray(vector, np.float32)
+            self._added[item_id] = np.asarray(vector, np.float32)
         return {"id": item_id, "path": str(path)}
 
     def remove(self, item_id: int) -> dict[str, Any]:
@@ -225,11 +238,11 @@ class Service:
                 self.store.remove(ids=[item_id])
             except UnknownItemsError:  # removed meanwhile by another process (`offshelf remove`)
                 self.searcher.remove([item_id])
-                self._vector_of.pop(item_id, None)
+                self._added.pop(item_id, None)
                 raise ItemNotFound(f"no item with id {item_id} in the store") from None
             update_store_index(self.store.root)
             self.searcher.remove([item_id])
-            self._vector_of.pop(item_id, None)
+            self._added.pop(item_id, None)
         if self.is_upload(path):
             Path(path).unlink(missing_ok=True)
         return {"id": item_id, "path": path, "removed": True}

@@ -15,6 +15,7 @@ from offshelf.store.feature_store import (
 )
 from offshelf.store.identity import IDENTITY_FIELDS, StoreConfig, check_identity, describe_identity, full_identity
 from offshelf.store.marker import UPGRADE_MARKER, read_upgrade_marker, resolve_store, resolve_store_root
+from offshelf.store.streaming import CHUNK_ROWS, StoreVectors
 
 __all__ = [
     "ERRORS_DIR",
@@ -27,6 +28,8 @@ __all__ = [
     "FileState",
     "ShardRows",
     "StoreConfig",
+    "StoreVectors",
+    "CHUNK_ROWS",
     "StoreWriter",
     "check_identity",
     "check_store",

@@ -37,6 +37,7 @@ from offshelf.io import atomic_write_json, exclusive_lock, remove_stale_tmp_file
 from offshelf.models.quantize import PRECISIONS
 from offshelf.store.identity import IDENTITY_FIELDS, StoreConfig, check_identity, full_identity
 from offshelf.store.journal import finish_compaction, journal_seq
+from offshelf.store.streaming import CHUNK_ROWS, StoreVectors
 from offshelf.store.shards import (
     ERRORS_DIR,
     EVENT_DIRS,
@@ -270,18 +271,26 @@ class FeatureStore:
                 continue
         raise StoreError(f"store {self.root} keeps changing while being read; try again")
 
-    def _read_all(self, snapshot: Snapshot, sub: str, schema: pa.Schema) -> pa.Table:
+    def _read_all(self, snapshot: Snapshot, sub: str, schema: pa.Schema, columns: list[str] | None = None
+                  ) -> pa.Table:
+        """Every row of one table with its shard's `seq`; with `columns`, only those plus `row` (its row number
+        in its shard)."""
         tables = []
         for path in snapshot.files[sub]:
-            table = read_shard(path, schema, self.root)
+            table = read_shard(path, schema, self.root, columns)
             seq = np.full(table.num_rows, shard_seq(path), dtype=np.int64)
+            if columns is not None:
+                table = table.append_column("row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
             tables.append(table.append_column("seq", pa.array(seq)))
         if not tables:
-            return schema.empty_table().append_column("seq", pa.array([], pa.int64()))
+            empty = schema.empty_table() if columns is None else schema.empty_table().select(columns)
+            if columns is not None:
+                empty = empty.append_column("row", pa.array([], pa.int64()))
+            return empty.append_column("seq", pa.array([], pa.int64()))
         return pa.concat_tables(tables)
 
-    def _live(self, snapshot: Snapshot) -> pa.Table:
-        latest = _latest_by_id(self._read_all(snapshot, SHARDS_DIR, embedding_schema(self.config.dim)))
+    def _live(self, snapshot: Snapshot, columns: list[str] | None = None) -> pa.Table:
+        latest = _latest_by_id(self._read_all(snapshot, SHARDS_DIR, embedding_schema(self.config.dim), columns))
         return _newer_than(latest, _latest_by_id(self._read_all(snapshot, REMOVED_DIR, REMOVED_SCHEMA)))
 
     def table(self, snapshot: Snapshot | None = None) -> pa.Table:
@@ -316,6 +325,26 @@ class FeatureStore:
     def snapshot_vectors(self) -> tuple[Snapshot, tuple[np.ndarray, list[str], np.ndarray]]:
         """`vectors()` and the snapshot they were read from (its `seq` is the last commit they include)."""
         return self.read(self.vectors)
+
+    def vector_view(self, snapshot: Snapshot | None = None, *, paths: bool = False) -> StoreVectors:
+        """The live vectors of `snapshot` (now, if None) as a `StoreVectors`: ids (and, with `paths`, paths) in
+        memory, the vectors read from the shards a row group at a time when sliced; same rows and order as
+        `vectors()`."""
+        if snapshot is None:
+            return self.read(lambda now: self.vector_view(now, paths=paths))[1]
+        live = self._live(snapshot, ["id", "path"] if paths else ["id"])
+        return StoreVectors(self.root, self.config.dim, snapshot.files[SHARDS_DIR], live)
+
+    def snapshot_view(self, *, paths: bool = False) -> tuple[Snapshot, StoreVectors]:
+        """`vector_view()` and the snapshot it reads (its `seq` is the last commit it includes)."""
+        return self.read(lambda now: self.vector_view(now, paths=paths))
+
+    def iter_vectors(self, chunk_rows: int = CHUNK_ROWS, snapshot: Snapshot | None = None
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """`(ids, vectors)` of every live item, `chunk_rows` at a time, in `vectors()` order; memory: one chunk."""
+        view = self.vector_view(snapshot)
+        for start in range(0, len(view), chunk_rows):
+            yield view.ids[start : start + chunk_rows], view[start : start + chunk_rows]
 
     def known_files(self) -> dict[str, FileState]:
         """path -> what was embedded for it, to skip unchanged files on a re-run."""

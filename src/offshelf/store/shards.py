@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,6 +23,7 @@ SHARDS_DIR, ERRORS_DIR, REMOVED_DIR = "shards", "errors", "removed"
 EVENT_DIRS = (SHARDS_DIR, ERRORS_DIR, REMOVED_DIR)  # the three tables, numbered in one commit order
 SHARD_GLOB = "[0-9]*.parquet"
 CHECKSUM_CHARS = 16
+ROW_GROUP_BYTES = 8 << 20  # a row group's uncompressed size at most (about): what a streaming reader decodes at once
 _NAME = re.compile(r"^(\d{8})(?:-([0-9a-f]{16}))?\.parquet$")
 
 
@@ -53,9 +56,11 @@ def list_shards(directory: Path) -> list[Path]:
 
 
 def shard_bytes(table: pa.Table) -> bytes:
-    """A table as Parquet bytes: zstd, page checksums on."""
+    """A table as Parquet bytes: zstd, page checksums on, row groups of at most ~`ROW_GROUP_BYTES` (so that a
+    compacted shard of a million rows can still be read a row group at a time, see `offshelf.store.streaming`)."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd", write_page_checksum=True)
+    rows = max(1, ROW_GROUP_BYTES * table.num_rows // max(table.nbytes, 1))
+    pq.write_table(table, sink, compression="zstd", write_page_checksum=True, row_group_size=rows)
     return sink.getvalue().to_pybytes()
 
 
@@ -66,12 +71,21 @@ def write_shard(directory: Path, seq: int, table: pa.Table) -> Path:
     return atomic_write_bytes(directory / name, data)
 
 
-def read_shard(path: Path, schema: pa.Schema, store_root: Path) -> pa.Table:
-    """Read one shard with `schema`; StoreError naming the file if it is damaged or of another shape.
+def read_shard(path: Path, schema: pa.Schema, store_root: Path, columns: list[str] | None = None) -> pa.Table:
+    """Read one shard with `schema` (only `columns`, if given); StoreError naming the file if it is damaged or of
+    another shape.
 
     FileNotFoundError passes through: the caller re-reads the listing (a compaction replaced the file)."""
+    with shard_errors(path, store_root):
+        return pq.read_table(path, schema=schema, columns=columns, page_checksum_verification=True)
+
+
+@contextmanager
+def shard_errors(path: Path, store_root: Path) -> Iterator[None]:
+    """Reading shard `path` inside: a damaged or misshapen file becomes a StoreError naming it (FileNotFoundError
+    passes through)."""
     try:
-        return pq.read_table(path, schema=schema, page_checksum_verification=True)
+        yield
     except FileNotFoundError:
         raise
     except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
