@@ -13,7 +13,7 @@ from pathlib import Path
 
 from offshelf.errors import BusyError
 from offshelf.extract import embed
-from offshelf.models import offshelf_home
+from offshelf.models import get_model_spec, int8_report, offshelf_home
 from offshelf.store import FeatureStore
 
 WAIT_SECONDS = 5.0
@@ -30,7 +30,8 @@ def dataset_store(name: str, paths: Sequence[str | Path], *, model: str = "effic
     """The store holding `paths` embedded with the given model/layer/pool/augment/precision (embedding what is
     missing)."""
     parts = (name, model, layer or "default", pool or "default", augment)
-    parts += () if precision == "fp32" else (precision,)
+    if precision != "fp32":  # the int8 graph's own sha256: a graph made by another recipe is another store
+        parts += (precision, int8_report(get_model_spec(model))["onnx_sha256"][:12])
     key = "-".join(str(part) for part in parts)
     root = bench_home() / "stores" / key.replace(":", "_").replace("/", "_")
     deadline = time.monotonic() + timeout
