@@ -180,8 +180,8 @@ def restore(log: str | Path, store: str | Path | None = None, *, progress: bool 
     out; a store that cannot be opened is reported (`readd_skipped`), the files stay back in place.
     """
     result = move_back(Path(log))
-    target = store if store is not None else result.pop("store")
-    result.pop("store", None)
+    logged = result.pop("store")
+    target = store if store is not None else logged
     readd: list[str] = []
     if target is None:
         result["readd_skipped"] = "the log names no store"

@@ -237,12 +237,15 @@ class Service:
             try:
                 self.store.remove(ids=[item_id])
             except UnknownItemsError:  # removed meanwhile by another process (`offshelf remove`)
-                self.searcher.remove([item_id])
-                self._added.pop(item_id, None)
+                self._forget(item_id)
                 raise ItemNotFound(f"no item with id {item_id} in the store") from None
             update_store_index(self.store.root)
-            self.searcher.remove([item_id])
-            self._added.pop(item_id, None)
+            self._forget(item_id)
         if self.is_upload(path):
             Path(path).unlink(missing_ok=True)
         return {"id": item_id, "path": path, "removed": True}
+
+    def _forget(self, item_id: int) -> None:
+        """Stop serving an item the store no longer holds."""
+        self.searcher.remove([item_id])
+        self._added.pop(item_id, None)

@@ -66,11 +66,11 @@ def check_store(root: str | Path, *, repair: bool = False) -> dict[str, Any]:
     A damaged manifest is the one problem found (nothing else can be checked without it; `repair` cannot
     rebuild it, since it is what says which model made the features). StoreError if `root` is not a store.
     """
-    if not (Path(root) / MANIFEST).is_file():
-        FeatureStore.open(root)  # raises: no store here (or `root` is a file)
     try:
         store = FeatureStore.open(root)
     except StoreError as exc:
+        if not (Path(root) / MANIFEST).is_file():
+            raise  # no store here (or `root` is a file)
         return _damaged_manifest_report(Path(root), str(exc))
     problems: list[dict[str, str]] = []
     repaired: list[dict[str, str]] = []
