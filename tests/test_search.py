@@ -124,3 +124,28 @@ def test_edited_copy_finds_its_original_at_rank_1(originals_store: Path, photos:
         copy.save(query)
         hits = searcher.search_files([query], k=3)[0]
         assert hits[0].path == str(photo), (edit, photo.name, [(Path(h.path).name, h.score) for h in hits])
+
+
+def test_item_paths_agree_with_a_dict_through_adds_and_removes() -> None:
+    """The searcher's compact id -> path table answers as a plain dict would, before and after changes."""
+    import pyarrow as pa
+
+    from offshelf.search.item_paths import ItemPaths
+
+    rng = np.random.default_rng(0)
+    ids = rng.choice(10**12, 500, replace=False).astype(np.int64)
+    reference = {int(i): f"/photos/{n}.jpg" for n, i in enumerate(ids)}
+    table = ItemPaths(ids, pa.array(list(reference.values())))
+    absent = [int(i) for i in rng.choice(10**12, 50) if int(i) not in reference]
+    fresh = absent[:10]
+    table.set(fresh + [int(ids[0])], [f"/new/{i}.png" for i in fresh] + ["/moved.jpg"])
+    reference.update({i: f"/new/{i}.png" for i in fresh} | {int(ids[0]): "/moved.jpg"})
+    gone = [int(ids[1]), int(ids[2]), fresh[0], absent[-1]]  # the last was never held: ignored
+    table.discard(gone)
+    for i in gone:
+        reference.pop(i, None)
+    assert len(table) == len(reference)
+    for i in list(reference) + absent + gone:
+        assert table.get(i) == reference.get(i)
+    with pytest.raises(ValueError, match="500 ids but 2 paths"):
+        ItemPaths(ids, pa.array(["a", "b"]))

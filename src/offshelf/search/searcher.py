@@ -16,6 +16,7 @@ import numpy as np
 
 from offshelf.errors import OffshelfError
 from offshelf.extract import Embedder
+from offshelf.search.item_paths import ItemPaths
 from offshelf.store import MANIFEST, FeatureStore
 
 if TYPE_CHECKING:
@@ -52,7 +53,8 @@ class Searcher:
         # caught up, so the store's matrix is never held next to the index
         snapshot, vectors = self.store.snapshot_view(paths=True)
         ids = vectors.ids
-        self._path_of = dict(zip(ids.tolist(), vectors.paths or []))
+        assert vectors.paths is not None  # asked for above
+        self._paths = ItemPaths(ids, vectors.paths)
         saved = None if exact else load_store_index(self.store.root)
         #: how a saved index that lagged behind the store was caught up before answering (None: it was current)
         self.caught_up: dict[str, object] | None = None
@@ -95,7 +97,7 @@ class Searcher:
         return self._text_encoder
 
     def __len__(self) -> int:
-        return len(self._path_of)
+        return len(self._paths)
 
     def search_vectors(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """The `k` nearest stored items of each query vector, best first."""
@@ -108,14 +110,14 @@ class Searcher:
         results = []
         for row_scores, row_ids in zip(scores, found):
             # ids the store no longer holds (an index not yet updated) are dropped, never shown
-            live = [(int(i), self._path_of.get(int(i)), float(s)) for s, i in zip(row_scores, row_ids) if i >= 0]
+            live = [(int(i), self._paths.get(i), float(s)) for s, i in zip(row_scores, row_ids) if i >= 0]
             found_live = [(i, p, s) for i, p, s in live if p is not None]
             results.append([Hit(rank, i, p, s) for rank, (i, p, s) in enumerate(found_live, start=1)])
         return results
 
     def path(self, item_id: int) -> str | None:
         """The stored path of `item_id`, None if the searcher does not hold it."""
-        return self._path_of.get(int(item_id))
+        return self._paths.get(item_id)
 
     def add(self, vectors: np.ndarray, ids: np.ndarray, paths: Sequence[str]) -> None:
         """Make items just committed to the store searchable (an id already held is replaced).
@@ -123,13 +125,12 @@ class Searcher:
         Only this searcher's in-memory index changes (under its writer lock); the caller commits the store and
         its saved index. Searches running meanwhile see the items either entirely or not at all."""
         self.index.add(vectors, ids)
-        self._path_of.update(zip(np.asarray(ids).tolist(), paths))
+        self._paths.set(ids, paths)
 
     def remove(self, ids: Sequence[int]) -> int:
         """Stop returning items just removed from the store; returns how many were held."""
         removed = self.index.remove(np.asarray(ids, np.int64))
-        for item_id in ids:
-            self._path_of.pop(int(item_id), None)
+        self._paths.discard(ids)
         return removed
 
     def search_files(self, paths: Sequence[str | Path], k: int = 10) -> list[list[Hit]]:
