@@ -11,11 +11,10 @@ time over the evaluation queries is the brute-force QPS.
 Systems, each built from the same float32 vectors and freed before the next is built:
 
 - `offshelf (auto)`: exactly what `offshelf index build --target-recall T` does without `--kind`: the kind and
-  build parameters from `offshelf.index.auto_choice(n, d)`, `build_index`, then `offshelf.index.tune` to
-  `auto_target(T)` on a leave-one-out sample of the indexed vectors (never the benchmark's queries); evaluated
-  as tuned. The same
-  index is then also laddered on the TUNING queries (row `offshelf (auto), tuned on queries`), the protocol the
-  peers get.
+  build parameters from `offshelf.index.auto_choice(n, d)`, then `offshelf.index.tune`, which builds the index
+  and picks the search depth for `auto_target(T)` on rows of the database held out of the build (never the
+  benchmark's queries); evaluated as tuned. The same index is then also laddered on the TUNING queries (row
+  `offshelf (auto), tuned on queries`), the protocol the peers get.
 - `usearch` (cosine metric) for each of `--usearch` configs dtype:connectivity:expansion_add, and `hnswlib`
   (inner product on L2-normalized vectors) for each of `--hnswlib` configs M:ef_construction: the search
   expansion (ef) is raised on the TUNING queries through 16, 24, 32, 48, 64, 96, ... 2048 (the ladder offshelf's
@@ -59,7 +58,7 @@ from benchmarks.harness.ann_common import (  # noqa: E402
     reset_peak, timed,
 )
 from benchmarks.harness.synthetic import GENERATOR_VERSION, realistic_vectors  # noqa: E402
-from offshelf.index import auto_choice, auto_target, build_index, tune  # noqa: E402
+from offshelf.index import auto_choice, auto_target, tune  # noqa: E402
 from offshelf.index.graph import search_depths  # noqa: E402
 from offshelf.io import atomic_write_bytes  # noqa: E402
 
@@ -198,8 +197,8 @@ def run_offshelf(ctx) -> list[dict[str, Any]]:
     ids = np.arange(n, dtype=np.int64)
 
     def make():
-        index = build_index(ctx.base, ids, kind, **params)
-        index, report = tune(index, auto_target(ctx.target), ctx.base, ids, sample=ctx.args.tune_sample, seed=0)
+        index, report = tune(kind, auto_target(ctx.target), ctx.base, ids, sample=ctx.args.tune_sample, seed=0,
+                             **params)
         return OffshelfSystem(index), report
 
     (system, report), info = measured_build(make)

@@ -10,7 +10,7 @@ after PCA, and the index ranks by inner product.
     scores, ids = index.search(queries, k=10)          # (nq, k) float32, (nq, k) int64; -1 pads
     index.add(new_vectors, new_ids); index.remove(old_ids)
     measure_recall(index, vectors, ids)                # {"recall_at_1", "recall_at_10", "qps", ...}
-    index, report = tune(index, 0.95, vectors, ids)
+    index, report = tune("hnsw", 0.95, vectors, ids)   # built with the cheapest efSearch reaching 0.95
     index.save(directory); VectorIndex.load(directory)
 
 For a feature store: `build_store_index`, `load_store_index`, `update_store_index`. See docs/index.md.

@@ -578,11 +578,19 @@ def build_index(vectors: np.ndarray | StoreVectors, ids: np.ndarray, kind: str =
     the vectors are added `ADD_CHUNK` rows at a time into room reserved up front, so the build holds the index
     plus one chunk, never a second copy of the vectors."""
     index = train_index(vectors, kind, pca=pca, whiten=whiten, identity=identity, **params)
-    ids = as_ids(ids, len(vectors))
     index.reserve(len(vectors))
-    for start in range(0, len(vectors), ADD_CHUNK):
-        index.add(vectors[start : start + ADD_CHUNK], ids[start : start + ADD_CHUNK])
+    add_rows(index, vectors, as_ids(ids, len(vectors)))
     return index
+
+
+def add_rows(index: VectorIndex, vectors: np.ndarray | StoreVectors, ids: np.ndarray,
+             rows: np.ndarray | None = None) -> None:
+    """Add `vectors[rows]` under `ids[rows]` (every row if `rows` is None), `ADD_CHUNK` rows at a time."""
+    total = len(vectors) if rows is None else len(rows)
+    for start in range(0, total, ADD_CHUNK):
+        # a slice of a matrix is a view, so adding every row makes no copy of the chunk
+        chunk = slice(start, start + ADD_CHUNK) if rows is None else rows[start : start + ADD_CHUNK]
+        index.add(vectors[chunk], ids[chunk])
 
 
 def train_index(vectors: np.ndarray | StoreVectors, kind: str = "flat", *, pca: int | None = None,
