@@ -270,14 +270,15 @@ def main() -> None:
                               "environment": environment_info(), "queries": args.queries, "rows": [],
                               "store_write_seconds": {}, "settings": {k: KINDS[k] for k in kinds}}
     name = "memory_scaling_quick" if args.quick else "memory_scaling"
-    if args.merge and (args.out / f"{name}.json").is_file():  # keep the other sizes of an earlier run
+    this_run = {"started": result["started"],
+                "load_average_at_start": result["environment"]["load_average_at_start"]}
+    if args.merge and (args.out / f"{name}.json").is_file():  # keep the rows of an earlier run not run again
         earlier = json.loads((args.out / f"{name}.json").read_text())
-        result["rows"] = [r for r in earlier["rows"] if r["n"] not in sizes]
+        planned = {(k, n) for k in kinds for n in sizes}
+        result["rows"] = [{**r, "run": r.get("run") or _earlier_run(earlier, r["n"])} for r in earlier["rows"]
+                          if (r["variant"], r["n"]) not in planned]
         result["store_write_seconds"] = {k: v for k, v in earlier["store_write_seconds"].items()
                                          if int(k) not in sizes}
-        result["earlier_runs"] = [*earlier.get("earlier_runs", []), {
-            "started": earlier["started"], "sizes": sorted({r["n"] for r in result["rows"]}),
-            "load_average_at_start": earlier["environment"]["load_average_at_start"]}]
     for n in sizes:
         store, written = bench_store(n, args.shard_rows, log)
         result["store_write_seconds"][n] = written
@@ -290,7 +291,7 @@ def main() -> None:
             index_bytes = _dir_bytes(store / "index")
             search = _run_child("search", store, params, args, src)
             row = {"variant": variant, "n": n, "vector_bytes": n * DIM * 4, "index_bytes": index_bytes,
-                   "build": build, "search": search}
+                   "build": build, "search": search, "run": this_run}
             result["rows"].append(row)
             result["rows"].sort(key=lambda r: r["n"])  # stable: the variants keep their order within an n
             log(f"{variant} n={n:,}: build {build['seconds']:.0f} s peak {build['peak_bytes'] / 1e9:.2f} GB; search "
@@ -321,9 +322,31 @@ def notes(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
         "(rerank = 1000), so they are held to the same 1.5x goal as flat.",
         "`flat (before)` is the code before this change (the commit this branch started from), same store, same "
         "measurement.",
-    ] + [f"Rows for n = {', '.join(f'{n:,}' for n in run['sizes'])} come from the run started {run['started']} "
-         f"(load average {', '.join(f'{v:.2f}' for v in run['load_average_at_start'])}): one locked run per size."
-         for run in result.get("earlier_runs", [])]
+    ] + [f"Rows {_row_names(result['rows'], run)} come from the run started {run['started']} (load average "
+         f"{', '.join(f'{v:.2f}' for v in run['load_average_at_start'])}); each run held the benchmark lock."
+         for run in _runs(result["rows"])]
+
+
+def _row_names(rows: list[dict[str, Any]], run: dict[str, Any]) -> str:
+    return ", ".join(f"{r['variant']} {r['n']:,}" for r in rows if r["run"] == run)
+
+
+def _runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct runs the rows come from, oldest first."""
+    runs = {r["run"]["started"]: r["run"] for r in rows}
+    return [runs[k] for k in sorted(runs)]
+
+
+def _earlier_run(earlier: dict[str, Any], n: int) -> dict[str, Any]:
+    """The run that measured a row of size `n` kept from results written before rows recorded their run.
+
+    Such results list under `earlier_runs` the runs they merged, each with the sizes of the rows it kept (its own
+    and older ones), oldest first: the first run that lists `n` measured it; a size none lists was measured by
+    the run that wrote the file."""
+    for run in earlier.get("earlier_runs", []):
+        if n in run["sizes"]:
+            return {"started": run["started"], "load_average_at_start": run["load_average_at_start"]}
+    return {"started": earlier["started"], "load_average_at_start": earlier["environment"]["load_average_at_start"]}
 
 
 if __name__ == "__main__":
