@@ -27,7 +27,7 @@ from offshelf.models import (
     register_model,
 )
 from offshelf.models.export import cache_dir
-from offshelf.models.quantize import SEARCH_TARGET, int8_dir
+from offshelf.models.quantize import SEARCH_TARGET, fidelity_shortfall, int8_dir
 from offshelf.search import Searcher
 from offshelf.store import FeatureStore
 from tests.test_models import tiny_onnx, tiny_spec  # noqa: F401
@@ -95,6 +95,29 @@ def test_a_tampered_int8_graph_is_refused(report: dict, tmp_path: Path, monkeypa
         load_backbone(MODEL, threads=1, precision="int8")
     with pytest.raises(ModelError, match="calibrated on image set 0123456789abcdef is not in"):
         load_backbone(MODEL, threads=1, precision="int8", calibration="0123456789abcdef" * 4)
+
+
+def test_a_graph_short_of_its_target_is_flagged_when_loaded(report: dict, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A search that fell short (open-nsfw-resnet: every convolution in fp32 and still below target) is said so
+    on loading; a graph that reached it loads silently."""
+    assert fidelity_shortfall(report) is None
+    spec = get_model_spec(MODEL)
+    source = int8_dir(spec, report["calibration_sha256"])
+    monkeypatch.setenv("OFFSHELF_HOME", str(tmp_path))
+    cache_dir(spec).mkdir(parents=True)
+    for name in ("model.onnx", "meta.json"):
+        shutil.copy(source.parent / name, cache_dir(spec) / name)
+    shutil.copytree(source, int8_dir(spec, report["calibration_sha256"]))
+    short = {**report, "fidelity": {"mean_cosine": 0.9823, "min_cosine": 0.95}}
+    (int8_dir(spec, report["calibration_sha256"]) / "meta.json").write_text(json.dumps(short))
+    with caplog.at_level("WARNING", logger="offshelf.models"):
+        load_backbone(MODEL, threads=1, precision="int8")
+    assert f"mean cosine of 0.9823 to fp32 on its calibration photos, short of the {SEARCH_TARGET}" in caplog.text
+    assert f"{len(report['fp32_nodes'])} of {len(report['sensitivity'])} weighted nodes kept in fp32" in caplog.text
+    nothing_quantized = {**short, "fp32_nodes": list(report["sensitivity"]), "quantized_nodes": 0}
+    assert "no convolution runs in int8, so it is no faster" in fidelity_shortfall(nothing_quantized)
 
 
 def test_store_records_precision_and_refuses_mixing(report: dict, photos: list[Path], tmp_path: Path) -> None:

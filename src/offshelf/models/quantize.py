@@ -118,6 +118,7 @@ def ensure_int8_onnx(spec: ModelSpec, calibration: str | None = None, *,
     with blocking_lock(directory / ".lock"):
         problem = cache_problem(directory, recipe)
         if problem is None:
+            _warn_if_short(directory)
             return directory / MODEL_FILE
         if problem != "missing" and not problem.startswith("stale"):
             raise ModelError(f"{directory / MODEL_FILE}: {problem}; refusing to run it (delete {directory} to "
@@ -130,7 +131,35 @@ def ensure_int8_onnx(spec: ModelSpec, calibration: str | None = None, *,
         data, facts = quantize_model(spec, fp32, paths, progress=progress)
         atomic_write_bytes(directory / MODEL_FILE, data)
         atomic_write_json(directory / META_FILE, {**recipe, **facts, "onnx_sha256": hashlib.sha256(data).hexdigest()})
+        _warn_if_short(directory)
         return directory / MODEL_FILE
+
+
+def fidelity_shortfall(facts: dict[str, Any]) -> str | None:
+    """Why an int8 graph (its `meta.json` facts) is a poor choice, if its search fell short of its target: None
+    when it reached it."""
+    reached, target = facts["fidelity"]["mean_cosine"], facts["target_cosine"]
+    if reached >= target:
+        return None
+    kept = len(facts["fp32_nodes"])
+    message = (f"the int8 graph of {facts['model']} reaches a mean cosine of {reached:.4f} to fp32 on its calibration "
+               f"photos, short of the {target} its search aims for, with {kept} of {kept + facts['quantized_nodes']} "
+               "weighted nodes kept in fp32")
+    if not facts["quantized_nodes"]:
+        message += ": no convolution runs in int8, so it is no faster either; use fp32 for this model"
+    return message
+
+
+_warned: set[Path] = set()
+
+
+def _warn_if_short(directory: Path) -> None:
+    """Log `fidelity_shortfall` of the graph in `directory` once per process."""
+    if directory not in _warned:
+        _warned.add(directory)
+        problem = fidelity_shortfall(json.loads((directory / META_FILE).read_text()))
+        if problem:
+            logger.warning("%s (docs/int8.md)", problem)
 
 
 def int8_report(spec: ModelSpec, calibration: str | None = None) -> dict[str, Any]:
