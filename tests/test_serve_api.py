@@ -257,6 +257,14 @@ def test_stats_report_items_model_and_index_recall(client: TestClient, photos: l
     stats = client.get("/v1/stats").json()
     assert stats["items"] == len(photos) and stats["model"] == "efficientnet-lite0" and stats["dim"] == 1280
     assert stats["index"]["kind"] == "flat" and stats["index"]["recall_at_1"] == 1.0
+    assert stats["index"]["items"] == len(photos)  # measured on the store as it is
+
+
+def test_recall_is_measured_again_only_after_the_count_moves_by_one_percent() -> None:
+    from offshelf.serve.service import recall_is_stale
+
+    assert not recall_is_stale(1_000_000, 1_000_000 + 10_000) and recall_is_stale(1_000_000, 1_000_000 - 10_001)
+    assert recall_is_stale(17, 18) and not recall_is_stale(17, 17)  # a small store: every write counts
 
 
 def test_cors_is_off_unless_origins_are_given(store_copy: Path) -> None:
