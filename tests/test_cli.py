@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from offshelf.cli import main
+
+
+def offshelf_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m offshelf.cli ARGS` in a fresh interpreter: the entry point, its exit code and streams."""
+    return subprocess.run([sys.executable, "-m", "offshelf.cli", *args], capture_output=True, text=True, timeout=600)
+
 
 def offshelf(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "offshelf.cli", *args], capture_output=True, text=True, timeout=600)
+    """The same command through `main` in this process: what `__main__` exits with and what it prints, without
+    paying the interpreter's start-up and imports (about 3 s) for every call; `offshelf_process` covers those."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's usage errors exit(2) before a handler runs, as in the process
+            code = exc.code
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
@@ -23,7 +40,7 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
 
 
 def test_models_json() -> None:
-    result = offshelf("models", "--json")
+    result = offshelf_process("models", "--json")
     assert result.returncode == 0, result.stderr
     models = {m["name"]: m for m in json.loads(result.stdout)}
     assert {"efficientnet-lite0", "efficientnet-lite2", "open-nsfw-resnet"} <= set(models)
@@ -34,7 +51,7 @@ def test_embed_search_info_json(tmp_path: Path, photos: list[Path]) -> None:
     store = tmp_path / "store"
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"")
-    result = offshelf("embed", *map(str, photos[:5]), str(bad), "--store", str(store), "--json", "--quiet")
+    result = offshelf_process("embed", *map(str, photos[:5]), str(bad), "--store", str(store), "--json", "--quiet")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert (summary["embedded"], summary["skipped"], summary["failed"]) == (5, 0, 1)
@@ -71,6 +88,12 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, photos: list[Path], arg
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bad_input_exits_2_from_a_fresh_process() -> None:
+    result = offshelf_process("frobnicate")
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "invalid choice" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_demo_runs_and_finds_copies(tmp_path: Path) -> None:
