@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from offshelf.cli import main
+from benchmarks.harness.killpoints import run_offshelf_here
 
 
 def offshelf_process(*args: str) -> subprocess.CompletedProcess[str]:
@@ -22,15 +20,9 @@ def offshelf_process(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def offshelf(*args: str) -> subprocess.CompletedProcess[str]:
-    """The same command through `main` in this process: what `__main__` exits with and what it prints, without
-    paying the interpreter's start-up and imports (about 3 s) for every call; `offshelf_process` covers those."""
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            code = main(list(args))
-        except SystemExit as exc:  # argparse's usage errors exit(2) before a handler runs, as in the process
-            code = exc.code
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+    """The same command through `main` in this process: what `__main__` exits with and prints, without paying the
+    interpreter's start-up and imports (about 3 s) for every call; `offshelf_process` covers the entry point."""
+    return run_offshelf_here(list(args))
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:

@@ -68,6 +68,18 @@ def run_offshelf(argv: list[str], kill_at: int = 0, log: Path | None = None) -> 
                           timeout=TIMEOUT)
 
 
+def run_offshelf_here(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run `offshelf ARGV` through `main` in this process (what `python -m offshelf.cli` exits with and prints),
+    for runs that are not killed: a fresh interpreter's imports cost about 3 s per command."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse: usage errors and --help exit before a handler runs
+            code = exc.code
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 @dataclass(frozen=True)
 class KillCase:
     """A command to kill, the folder it works in, and what must hold after the kill and after a re-run."""
@@ -95,10 +107,8 @@ def run_kill_point(case: KillCase, work: Path, kill_at: int, writes: list[str]) 
     killed = run_offshelf(case.argv(work), kill_at=kill_at)
     assert killed.returncode in (KILLED, 0), f"{case.name} @ {kill_at}: {killed.stderr[-2000:]}"
     case.verify(work, False)
-    rerun_argv = [*case.argv(work), *case.rerun_args()]
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as errors:
-        code = main(rerun_argv)  # the re-run is not killed: in this process, without the start-up cost
-    assert code == 0, f"{case.name} re-run after kill @ {kill_at}: {errors.getvalue()[-2000:]}"
+    rerun = run_offshelf_here([*case.argv(work), *case.rerun_args()])  # not killed: no start-up cost
+    assert rerun.returncode == 0, f"{case.name} re-run after kill @ {kill_at}: {rerun.stderr[-2000:]}"
     case.verify(work, True)
     return {"case": case.name, "kill_at": kill_at, "of": len(writes), "killed": killed.returncode == KILLED,
             "before": writes[kill_at - 1] if 0 < kill_at <= len(writes) else None}
@@ -200,7 +210,7 @@ def _copy_store(source: Path, target: Path, with_index: bool) -> None:
 @functools.cache
 def _help_has(command: str, option: str) -> bool:
     """Whether `offshelf COMMAND` takes `option` (e.g. `--force`, which a re-run over a partial output needs)."""
-    return option in run_offshelf([command, "--help"]).stdout
+    return option in run_offshelf_here([command, "--help"]).stdout
 
 
 def embed_case(data: KillData, indexed: bool = False) -> KillCase:
@@ -336,6 +346,6 @@ def kill_cases(data: KillData) -> dict[str, KillCase]:
 
 def offshelf_check(store: Path, repair: bool = False) -> dict[str, Any]:
     """`offshelf check --store STORE --json [--repair]`: its report; AssertionError unless it exits 0."""
-    result = run_offshelf(["check", "--store", str(store), "--json", *(["--repair"] if repair else [])])
+    result = run_offshelf_here(["check", "--store", str(store), "--json", *(["--repair"] if repair else [])])
     assert result.returncode == 0, f"offshelf check {store}: exit {result.returncode}: {result.stderr[-2000:]}"
     return json.loads(result.stdout)
