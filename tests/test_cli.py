@@ -11,9 +11,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.harness.killpoints import run_offshelf_here
+
+
+def offshelf_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m offshelf.cli ARGS` in a fresh interpreter: the entry point, its exit code and streams."""
+    return subprocess.run([sys.executable, "-m", "offshelf.cli", *args], capture_output=True, text=True, timeout=600)
+
 
 def offshelf(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "offshelf.cli", *args], capture_output=True, text=True, timeout=600)
+    """The same command through `main` in this process: what `__main__` exits with and prints, without paying the
+    interpreter's start-up and imports (about 3 s) for every call; `offshelf_process` covers the entry point."""
+    return run_offshelf_here(list(args))
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
@@ -23,7 +32,7 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
 
 
 def test_models_json() -> None:
-    result = offshelf("models", "--json")
+    result = offshelf_process("models", "--json")
     assert result.returncode == 0, result.stderr
     models = {m["name"]: m for m in json.loads(result.stdout)}
     assert {"efficientnet-lite0", "efficientnet-lite2", "open-nsfw-resnet"} <= set(models)
@@ -34,7 +43,7 @@ def test_embed_search_info_json(tmp_path: Path, photos: list[Path]) -> None:
     store = tmp_path / "store"
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"")
-    result = offshelf("embed", *map(str, photos[:5]), str(bad), "--store", str(store), "--json", "--quiet")
+    result = offshelf_process("embed", *map(str, photos[:5]), str(bad), "--store", str(store), "--json", "--quiet")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert (summary["embedded"], summary["skipped"], summary["failed"]) == (5, 0, 1)
@@ -71,6 +80,12 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, photos: list[Path], arg
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bad_input_exits_2_from_a_fresh_process() -> None:
+    result = offshelf_process("frobnicate")
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "invalid choice" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_demo_runs_and_finds_copies(tmp_path: Path) -> None:

@@ -4,14 +4,13 @@ brute force. Data: the Gaussian mixture of test_index.py (decaying spectrum, lik
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.preprocessing import normalize
 
+from benchmarks.harness.killpoints import run_offshelf_here
 from offshelf.errors import OffshelfError
 from offshelf.index import (
     HNSWPCAIndex,
@@ -143,8 +142,7 @@ def test_store_auto_build_meets_the_target_on_held_out_queries(tmp_path: Path) -
 
 def test_cli_builds_auto_by_default_on_a_small_store(tmp_path: Path) -> None:
     store = make_store(tmp_path / "store", mixture(400, 32, seed=10))
-    out = subprocess.run([sys.executable, "-m", "offshelf.cli", "index", "build", "--store", str(store.root),
-                          "--json"], capture_output=True, text=True, timeout=300)
+    out = run_offshelf_here(["index", "build", "--store", str(store.root), "--json"])
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)  # no --kind: auto; a small store gets exact search
     assert report["kind"] == "flat" and report["recall_at_10"] == 1.0 and report["tuning"]["reached"]

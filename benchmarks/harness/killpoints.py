@@ -1,8 +1,9 @@
-"""Kill points: run a real `offshelf` command in a subprocess and SIGKILL it at its Nth file-system write.
+"""Kill points: run a real `offshelf` command in its own process and SIGKILL it at its Nth file-system write.
 
-The subprocess installs a Python audit hook (PEP 578) that counts every write it makes (opening a file for
-writing, creating a temporary file, rename/replace, remove, mkdir, rmdir, rmtree) and sends itself SIGKILL just
-before the Nth. A first, complete run of the same command counts its writes; a seed picks N among them. Writes
+Each command runs in a fork of one process that imported offshelf once (a fresh interpreter would spend about 3 s on
+imports per command). The fork installs a Python audit hook (PEP 578) that counts every write it makes (opening a
+file for writing, creating a temporary file, rename/replace, remove, mkdir, rmdir, rmtree) and sends itself SIGKILL
+just before the Nth. A first, complete run of the same command counts its writes; a seed picks N among them. Writes
 made inside C++ (Parquet pages, FAISS) are not counted, but the temporary file they go to and its rename are, so
 every step of an atomic write (created, filled, fsynced, renamed) is a kill point.
 
@@ -12,15 +13,19 @@ kill and after a complete re-run. Adding a command (e.g. `compact`) is one `Kill
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import io
 import json
 import os
 import random
+import select
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,42 +35,92 @@ import numpy as np
 
 from offshelf.cli import main
 
-KILL_HOOK = r"""
-import os, signal, sys
-_AT = int(os.environ.get("OFFSHELF_KILL_AT", "0"))
-_LOG = os.environ.get("OFFSHELF_KILL_LOG")
+FORKER = r"""
+import json, os, signal, sys, traceback
+from offshelf.cli import main  # imported once: every command runs in a fork of this process, hook installed after
 _EVENTS = {"os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.truncate", "shutil.rmtree", "shutil.move", "os.link"}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-_seen = []
-def _hook(event, args):
-    if event == "open":
-        path, mode, flags = args
-        if isinstance(path, int) or path == _LOG or not (any(c in mode for c in "wax+") if mode else flags & _WRITE_FLAGS):
+def _run(request):
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    for fd, name in ((1, "out"), (2, "err")):
+        os.dup2(os.open(request[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    at, log, seen = request["kill_at"], request["log"], []
+    def hook(event, args):
+        if event == "open":
+            path, mode, flags = args
+            if isinstance(path, int) or path == log or not (any(c in mode for c in "wax+") if mode else flags & _WRITE_FLAGS):
+                return
+        elif event not in _EVENTS:
             return
-    elif event not in _EVENTS:
-        return
-    _seen.append(f"{event} {args[0]}")
-    if len(_seen) == _AT:
-        os.kill(os.getpid(), signal.SIGKILL)
-sys.addaudithook(_hook)
-from offshelf.cli import main
-code = main(sys.argv[1:])
-if _LOG:
-    with open(_LOG, "w") as handle:
-        handle.write("\n".join(_seen))
-sys.exit(code)
+        seen.append(f"{event} {args[0]}")
+        if len(seen) == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    sys.addaudithook(hook)
+    try:
+        code = main(request["argv"])
+    except SystemExit as exc:  # argparse: usage errors and --help
+        code = exc.code
+    if log:
+        with open(log, "w") as handle:
+            handle.write("\n".join(seen))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # not sys.exit: finalizing a fork can hang on a lock of a thread that did not survive the fork
+for line in iter(sys.stdin.readline, ""):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _run(json.loads(line))
+        finally:  # _run ends in os._exit; anything it raised is printed and exits 1, as a crashed command would
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
 """
 KILLED = -9
 TIMEOUT = 600
 
 
+@functools.cache
+def _forker() -> subprocess.Popen[str]:
+    """A process that has imported offshelf and forks one child per command (about 3 s of imports saved each)."""
+    process = subprocess.Popen([sys.executable, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    atexit.register(process.kill)
+    return process
+
+
 def run_offshelf(argv: list[str], kill_at: int = 0, log: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `offshelf ARGV` in a subprocess, SIGKILLed before its `kill_at`-th write (0: never); `log` gets the writes."""
-    env = {**os.environ, "OFFSHELF_KILL_AT": str(kill_at)}
-    if log is not None:
-        env["OFFSHELF_KILL_LOG"] = str(log)
-    return subprocess.run([sys.executable, "-c", KILL_HOOK, *argv], capture_output=True, text=True, env=env,
-                          timeout=TIMEOUT)
+    """Run `offshelf ARGV` in its own process (a fork of one that imported offshelf), SIGKILLed before its
+    `kill_at`-th write (0: never); `log` gets the writes."""
+    forker = _forker()
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        request = {"argv": argv, "kill_at": kill_at, "log": str(log) if log else None, "out": str(out),
+                   "err": str(err), "env": dict(os.environ), "cwd": os.getcwd()}
+        forker.stdin.write(json.dumps(request) + "\n")
+        forker.stdin.flush()
+        if not select.select([forker.stdout], [], [], TIMEOUT)[0]:
+            os.killpg(forker.pid, signal.SIGKILL)  # the forker and the command it runs
+            _forker.cache_clear()
+            raise subprocess.TimeoutExpired(argv, TIMEOUT)
+        line = forker.stdout.readline()
+        assert line, f"the forker exited with {forker.wait()}"
+        return subprocess.CompletedProcess(argv, int(line), out.read_text(), err.read_text())
+
+
+def run_offshelf_here(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run `offshelf ARGV` through `main` in this process (what `python -m offshelf.cli` exits with and prints),
+    for runs that are not killed: no fork, no start-up cost."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse: usage errors and --help exit before a handler runs
+            code = exc.code
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 @dataclass(frozen=True)
@@ -95,10 +150,8 @@ def run_kill_point(case: KillCase, work: Path, kill_at: int, writes: list[str]) 
     killed = run_offshelf(case.argv(work), kill_at=kill_at)
     assert killed.returncode in (KILLED, 0), f"{case.name} @ {kill_at}: {killed.stderr[-2000:]}"
     case.verify(work, False)
-    rerun_argv = [*case.argv(work), *case.rerun_args()]
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as errors:
-        code = main(rerun_argv)  # the re-run is not killed: in this process, without the start-up cost
-    assert code == 0, f"{case.name} re-run after kill @ {kill_at}: {errors.getvalue()[-2000:]}"
+    rerun = run_offshelf_here([*case.argv(work), *case.rerun_args()])  # not killed: no start-up cost
+    assert rerun.returncode == 0, f"{case.name} re-run after kill @ {kill_at}: {rerun.stderr[-2000:]}"
     case.verify(work, True)
     return {"case": case.name, "kill_at": kill_at, "of": len(writes), "killed": killed.returncode == KILLED,
             "before": writes[kill_at - 1] if 0 < kill_at <= len(writes) else None}
@@ -200,7 +253,7 @@ def _copy_store(source: Path, target: Path, with_index: bool) -> None:
 @functools.cache
 def _help_has(command: str, option: str) -> bool:
     """Whether `offshelf COMMAND` takes `option` (e.g. `--force`, which a re-run over a partial output needs)."""
-    return option in run_offshelf([command, "--help"]).stdout
+    return option in run_offshelf_here([command, "--help"]).stdout
 
 
 def embed_case(data: KillData, indexed: bool = False) -> KillCase:
@@ -336,6 +389,6 @@ def kill_cases(data: KillData) -> dict[str, KillCase]:
 
 def offshelf_check(store: Path, repair: bool = False) -> dict[str, Any]:
     """`offshelf check --store STORE --json [--repair]`: its report; AssertionError unless it exits 0."""
-    result = run_offshelf(["check", "--store", str(store), "--json", *(["--repair"] if repair else [])])
+    result = run_offshelf_here(["check", "--store", str(store), "--json", *(["--repair"] if repair else [])])
     assert result.returncode == 0, f"offshelf check {store}: exit {result.returncode}: {result.stderr[-2000:]}"
     return json.loads(result.stdout)
