@@ -1,7 +1,8 @@
 """The resumable `embed` run: find files, skip what the store holds, read ahead in threads, embed, commit.
 
-The reader decodes in a thread pool while the calling thread runs ONNX Runtime on full batches, so decoding
-and inference overlap on the machine's cores. Results are committed to the store shard by shard; see
+The reader decodes in a thread pool while full batches run in ONNX Runtime in a second pool (by default one
+intra-op thread per batch and a batch per core: `inference_plan`), so decoding and inference overlap on the
+machine's cores. Results are committed to the store shard by shard; see
 `offshelf.store` for why a killed run resumes without duplicates or gaps.
 """
 
