@@ -31,8 +31,11 @@ in the OS page cache for every measurement: this measures CPU, not disk.
 (g) model only with the int8 graph (`precision="int8"`, `offshelf.models.quantize`), as (a), on the same
     batches, its passes alternating with (a)'s.
 (h) offshelf pipeline with the int8 graph (`embed(..., precision="int8")`), as (b).
+(b0), (h0) with `--before SRC`: (b) and (h) with the offshelf package from SRC (the code before a change, e.g.
+    `git archive` of the commit a branch started from), each in a child process (the same `measure_pipeline`,
+    timed inside the child), run just before (b) and (h) respectively for a side-by-side before/after.
 
-For every part the script also records this process's CPU time (time.process_time, all threads) as
+For every part the script also records the measuring process's CPU time (time.process_time, all threads) as
 CPU ms per image and the share of the cores it kept busy, and it reports the perfect-overlap bounds
 1/(1/a + 1/f) for (b) and 1/(1/a + 1/e) for (d).
 
@@ -56,7 +59,9 @@ import importlib.metadata as md
 import json
 import os
 import platform
+import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -102,15 +107,21 @@ def _busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def _own_seconds() -> float:
+    """CPU seconds of this process and of its finished children (a `--before` part's child process)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 class ForeignLoad:
     """CPU share of the machine used by *other* processes between start() and stop()."""
 
     def start(self) -> None:
-        self.t0, self.busy0, self.own0 = time.perf_counter(), _busy_seconds(), time.process_time()
+        self.t0, self.busy0, self.own0 = time.perf_counter(), _busy_seconds(), _own_seconds()
 
     def stop(self) -> float:
         wall = time.perf_counter() - self.t0
-        foreign = (_busy_seconds() - self.busy0) - (time.process_time() - self.own0)
+        foreign = (_busy_seconds() - self.busy0) - (_own_seconds() - self.own0)
         return max(0.0, foreign) / (wall * (os.cpu_count() or 1)) if wall > 0 else 0.0
 
 
@@ -206,6 +217,20 @@ def measure_pipeline(paths: list[Path], batch_size: int, warmup: int, workers: i
     return timed.result(len(paths), summary_seconds=float(summary.seconds), batch_size=batch_size, workers=workers)
 
 
+def measure_pipeline_before(src: Path, n: int, batch_size: int, warmup: int, workers: int | None, label: str,
+                            precision: str) -> dict:
+    """`measure_pipeline` in a child process that imports offshelf from `src` (the code before a change)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src.resolve()), str(Path(__file__).resolve().parent.parent)])}
+    command = [sys.executable, "-m", "benchmarks.embed_throughput", "--child-pipeline", precision, "--n", str(n),
+               "--batch-size", str(batch_size), "--child-warmup", str(warmup), "--child-label", label]
+    if workers:
+        command += ["--workers", str(workers)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{label} (code from {src}) failed: {done.stderr.strip()[-2000:]}")
+    return {**json.loads(done.stdout), "code": str(src)}
+
+
 def measure_decode(paths: list[Path], threads: int = 2) -> dict:
     from offshelf.extract import Reader
 
@@ -295,12 +320,14 @@ def markdown(result: dict) -> str:
     r, m = result["results"], result["machine"]
     names = {
         "a_model_only": "(a) model only, ONNX Runtime, pre-decoded batches of 32",
+        "b0_pipeline_before": "(b0) as (b), the code before (`--before`)",
         "b_pipeline": "(b) offshelf.embed, files -> store",
         "c_naive": "(c) naive loop: Pillow + torch eager, one image at a time",
         "f_decode_photos": "(f) decode only (reader, 224, 2 threads)",
         "d_pipeline_wallpapers": "(d) offshelf.embed on 4K-ish wallpapers",
         "e_decode_wallpapers": "(e) decode only on the same wallpapers (reader, 224, 2 threads)",
         "g_model_only_int8": "(g) model only, int8 graph, as (a)",
+        "h0_pipeline_int8_before": "(h0) as (h), the code before (`--before`)",
         "h_pipeline_int8": "(h) offshelf.embed --precision int8, files -> store",
     }
     lines = [
@@ -323,9 +350,12 @@ def markdown(result: dict) -> str:
             lines.append(f"| {name} | {x['images']} | {x['seconds']:.2f} | {x['images_per_s']:.1f} | "
                          f"{x['cpu_ms_per_image']:.1f} | {x['cpu_utilization']:.0%} |")
         else:
+            if key.startswith(("b0", "h0")):
+                continue  # only with --before
             lines.append(f"| {name} | - | - | not run | - | - |")
     lines += ["", "| ratio | value | goal |", "| --- | ---: | ---: |"]
-    goals = {"b/a": ">= 0.7", "b/c": ">= 4", "d/e": "", "b/f": "", "g/a": ">= 1.4", "h/a": ">= 1.0"}
+    goals = {"b/a": ">= 0.7", "b/c": ">= 4", "d/e": "", "b/f": "", "g/a": ">= 1.4", "h/a": ">= 1.0",
+             "b0/a": ">= 0.7", "h0/a": ">= 1.0"}
     for key, value in result["ratios"].items():
         shown = f"{value:.2f}" if value is not None else "-"
         lines.append(f"| {key} | {shown} | {goals.get(key, '')} |")
@@ -345,12 +375,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                         help="before each part, wait up to SECONDS for other processes to leave the CPUs idle")
     parser.add_argument("--quick", action="store_true", help="smoke run: n=40, naive-n=8, wall-n=8")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip, from a,b,c,d,e,f")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip, from a,b,c,d,e,f,g,h")
     parser.add_argument("--json", action="store_true", help="print the JSON result instead of the Markdown table")
+    parser.add_argument("--before", type=Path, default=None, metavar="SRC",
+                        help="also run (b) and (h) with the offshelf package in SRC (the code before a change), "
+                        "each in a child process just before the current code's run: parts b0 and h0")
+    parser.add_argument("--child-pipeline", choices=("fp32", "int8"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-warmup", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--child-label", default="", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None,
                         help="directory for the results files (default benchmarks/results; with --quick, "
                         "a quick-results folder in the data cache, so a smoke run never overwrites real results)")
     args = parser.parse_args(argv)
+    if args.child_pipeline:  # a --before part, in the child process that imports the code before
+        print(json.dumps(measure_pipeline(photo_paths(args.n), args.batch_size, args.child_warmup, args.workers,
+                                          args.child_label, args.child_pipeline)))
+        return 0
     if args.quick:
         args.n, args.naive_n, args.wall_n = min(args.n, 40), min(args.naive_n, 8), min(args.wall_n, 8)
     if args.out is None:
@@ -381,13 +421,21 @@ def main(argv: list[str] | None = None) -> int:
         ("g", "g_model_only_int8", lambda: model_only()["int8"]),
         ("f", "f_decode_photos", lambda: measure_decode(photos)),
         ("c", "c_naive", lambda: measure_naive(photos[: args.naive_n])),
+        ("b0", "b0_pipeline_before", lambda: measure_pipeline_before(
+            args.before, args.n, args.batch_size, warmup, args.workers, "photos-before", "fp32")),
         ("b", "b_pipeline", lambda: measure_pipeline(photos, args.batch_size, warmup, args.workers, "photos")),
+        ("h0", "h0_pipeline_int8_before", lambda: measure_pipeline_before(
+            args.before, args.n, args.batch_size, warmup, args.workers, "photos-int8-before", "int8")),
         ("h", "h_pipeline_int8",
          lambda: measure_pipeline(photos, args.batch_size, warmup, args.workers, "photos-int8", "int8")),
         ("e", "e_decode_wallpapers", lambda: measure_decode(walls)),
         ("d", "d_pipeline_wallpapers",
          lambda: measure_pipeline(walls, args.batch_size, min(4, len(walls)), args.workers, "walls")),
     ]
+    if args.before is None:
+        skip |= {"b0", "h0"}
+    else:
+        skip |= {f"{letter}0" for letter in ("b", "h") if letter in skip}
     for letter, key, run in steps:
         if letter in skip:
             results[key] = None
@@ -451,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
             "b/f": ratio(results.get("b_pipeline"), results.get("f_decode_photos")),
             "g/a": ratio(results.get("g_model_only_int8"), results.get("a_model_only")),
             "h/a": ratio(results.get("h_pipeline_int8"), results.get("a_model_only")),
+            **({"b0/a": ratio(results.get("b0_pipeline_before"), results.get("a_model_only")),
+                "h0/a": ratio(results.get("h0_pipeline_int8_before"), results.get("a_model_only"))}
+               if args.before else {}),
         },
         "loadavg": os.getloadavg(),
         "int8": _int8_facts() if "g" not in skip or "h" not in skip else None,

@@ -76,7 +76,9 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32,
                    help="model inputs per call (with --augment, images x views)")
     p.add_argument("--workers", type=positive_int, default=None, help="decoding threads (default: cores)")
-    p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads (default: cores)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="ONNX Runtime threads per batch; cores // N batches run at once (default: 1 per batch, "
+                   "a batch per core)")
     p.add_argument("--shard-size", type=positive_int, default=1024, help="images per committed shard")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb limit")
     p.add_argument("--readd", action="store_true", help="embed files removed from the store again (re-add them)")

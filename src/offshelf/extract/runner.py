@@ -1,7 +1,8 @@
 """The resumable `embed` run: find files, skip what the store holds, read ahead in threads, embed, commit.
 
-The reader decodes in a thread pool while the calling thread runs ONNX Runtime on full batches, so decoding
-and inference overlap on the machine's cores. Results are committed to the store shard by shard; see
+The reader decodes in a thread pool while full batches run in ONNX Runtime in a second pool (by default one
+intra-op thread per batch and a batch per core: `inference_plan`), so decoding and inference overlap on the
+machine's cores. Results are committed to the store shard by shard; see
 `offshelf.store` for why a killed run resumes without duplicates or gaps.
 """
 
@@ -31,7 +32,7 @@ from offshelf.models import (
     check_precision,
     get_model_spec,
 )
-from offshelf.models.runtime import available_cores
+from offshelf.models.runtime import THREADS_ENV, available_cores, resolve_threads
 from offshelf.store import MANIFEST, UPGRADE_MARKER, FeatureStore, FileState, StoreWriter, resolve_store
 
 DEFAULT_BATCH_SIZE = 32
@@ -66,7 +67,8 @@ def embed(
     new store takes the defaults. `precision="int8"` embeds with the int8 graph (`offshelf.models.quantize`),
     calibrated on the shipped photos or on the images under `calibrate_on`; a store never mixes precisions.
     `workers` decoding threads (default: the number of cores) overlap with inference; `threads` sets
-    ONNX Runtime's intra-op threads (default: the number of cores). `batch_size` counts model inputs: with
+    ONNX Runtime's intra-op threads per batch, and as many batches as fit in the cores run at once (default: one
+    thread per batch, a batch per core; see `inference_plan`). `batch_size` counts model inputs: with
     `augment` each image is several views, so a batch holds `batch_size // views` images (at least one), which
     keeps memory the same whatever the augmentation.
     """
@@ -74,10 +76,11 @@ def embed(
     with embed_session(paths, store, model=model, layer=layer, pool=pool, augment=augment, readd=readd,
                        precision=precision, calibrate_on=calibrate_on) as run:
         if run.todo:
+            threads, streams = inference_plan(threads)
             embedder = Embedder(run.store.config, threads=threads, origin=run.store.root / MANIFEST,
                                 calibrate_on=calibrate_on)
             _run(run.todo, embedder, run.writer, run.summary, images_per_batch(batch_size, run.store.config.augment),
-                 workers, shard_size, max_pixels, progress)
+                 workers, shard_size, max_pixels, progress, streams)
     return run.summary
 
 
@@ -166,14 +169,29 @@ def _same_stat(path: str, known: FileState) -> bool:
     return stat.st_size == known.size and stat.st_mtime_ns == known.mtime_ns
 
 
+def inference_plan(threads: int | None) -> tuple[int, int]:
+    """ONNX Runtime intra-op threads per batch and batches run at once: `threads` (or `$OFFSHELF_ORT_THREADS`)
+    threads and as many batches as fit in the cores, else one thread per batch and a batch per core.
+
+    One thread per batch wastes nothing on synchronisation: a multi-threaded run's threads wait for each other
+    at every operator, and while a decoding thread holds a core the waiting one spins (docs/pipeline.md).
+    """
+    if threads is None and not os.environ.get(THREADS_ENV):
+        return 1, available_cores()
+    count = resolve_threads(threads)
+    return count, max(1, available_cores() // count)
+
+
 def _run(todo: list[tuple[str, FileState | None]], embedder: Embedder, writer: StoreWriter,
          summary: EmbedSummary, batch_size: int, workers: int | None, shard_size: int, max_pixels: int,
-         progress: bool) -> None:
-    """The decode/infer/commit loop of `embed`; what was embedded is committed even if interrupted."""
+         progress: bool, streams: int) -> None:
+    """The decode/infer/commit loop of `embed`: `workers` threads decode, `streams` batches run in ONNX Runtime at
+    once; what was embedded is committed even if interrupted."""
     n_workers = workers or available_cores()
-    window = batch_size * 2 + n_workers
-    with tqdm(total=len(todo), unit="img", disable=not progress, dynamic_ncols=True, desc="embed") as bar:
-        committer = Committer(embedder, writer, summary, bar, batch_size, shard_size)
+    window = batch_size * (streams + 1) + n_workers
+    with tqdm(total=len(todo), unit="img", disable=not progress, dynamic_ncols=True, desc="embed") as bar, \
+            ThreadPoolExecutor(streams, thread_name_prefix="offshelf-infer") as inference:
+        committer = Committer(embedder, writer, summary, bar, batch_size, shard_size, inference, streams)
         try:
             with ThreadPoolExecutor(n_workers, thread_name_prefix="offshelf-decode") as pool:
                 reader = Reader(embedder.size, embedder.augment, max_pixels, embedder.resize, embedder.resample)
@@ -181,4 +199,7 @@ def _run(todo: list[tuple[str, FileState | None]], embedder: Embedder, writer: S
                     committer.add(outcome)
                 committer.flush_batch()
         finally:
-            committer.commit()
+            try:
+                committer.drain()
+            finally:
+                committer.commit()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Executor, Future
+
 import numpy as np
 from tqdm import tqdm
 
@@ -14,14 +17,19 @@ from offshelf.store import StoreWriter
 class Committer:
     """Collects outcomes into batches for the backbone and rows into shards for the store.
 
-    Without an `embedder` (another engine computed the vectors) outcomes are only `record`ed."""
+    Full batches run in the `inference` executor, up to `in_flight` at a time, while the caller goes on
+    collecting the next batch; their rows are recorded in input order all the same (`drain` waits for the
+    rest). Without an `embedder` (another engine computed the vectors) outcomes are only `record`ed.
+    """
 
     def __init__(self, embedder: Embedder | None, writer: StoreWriter, summary: EmbedSummary, bar: tqdm,
-                 batch_size: int, shard_size: int) -> None:
+                 batch_size: int, shard_size: int, inference: Executor | None = None, in_flight: int = 1) -> None:
         self.embedder, self.writer, self.summary, self.bar = embedder, writer, summary, bar
         self.batch_size, self.shard_size = batch_size, shard_size
+        self.inference, self.in_flight = inference, max(1, in_flight)
         self.rows = writer.store.new_rows()
         self.batch: list[Outcome] = []
+        self.pending: deque[tuple[list[Outcome], Future[np.ndarray]]] = deque()
 
     def add(self, outcome: Outcome) -> None:
         """Queue a decoded file for the backbone; record a failed or unchanged one."""
@@ -35,9 +43,20 @@ class Committer:
     def flush_batch(self) -> None:
         if not self.batch:
             return
-        assert self.embedder is not None, "outcomes with views need an embedder"
+        assert self.embedder is not None and self.inference is not None, "outcomes with views need an embedder"
         batch, self.batch = self.batch, []
-        for item, vector in zip(batch, self.embedder.embed_views([item.views for item in batch])):
+        self.pending.append((batch, self.inference.submit(self.embedder.embed_views, [item.views for item in batch])))
+        while len(self.pending) > self.in_flight:
+            self._record_oldest()
+
+    def drain(self) -> None:
+        """Wait for the batches still running and record their rows."""
+        while self.pending:
+            self._record_oldest()
+
+    def _record_oldest(self) -> None:
+        batch, vectors = self.pending.popleft()
+        for item, vector in zip(batch, vectors.result()):
             self.record(item, vector)
 
     def record(self, outcome: Outcome, vector: np.ndarray | None = None) -> None:
