@@ -76,7 +76,7 @@ def search_once(store: Path, pool: Pool, k: int = 3) -> dict[str, Any]:
 
     started = time.monotonic()
     searcher = Searcher(store)
-    snapshot = set(searcher._path_of)  # the ids this searcher's snapshot of the store holds
+    snapshot = {q for q in pool.ids.tolist() if searcher.path(q) is not None}  # what its store snapshot holds
     hits = searcher.search_vectors(pool.vectors, k=k)
     unit = pool.vectors / np.linalg.norm(pool.vectors, axis=1, keepdims=True)
     by_id = dict(zip(pool.ids.tolist(), unit))
