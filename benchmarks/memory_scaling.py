@@ -323,7 +323,7 @@ def notes(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
         "`flat (before)` is the code before this change (the commit this branch started from), same store, same "
         "measurement.",
     ] + [f"Rows {_row_names(result['rows'], run)} come from the run started {run['started']} (load average "
-         f"{', '.join(f'{v:.2f}' for v in run['load_average_at_start'])}); each run held the benchmark lock."
+         f"{', '.join(f'{v:.2f}' for v in run['load_average_at_start'])}); other load on the shared machine is recorded only by that load average."
          for run in _runs(result["rows"])]
 
 

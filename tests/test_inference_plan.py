@@ -11,7 +11,7 @@ import pytest
 
 from offshelf import Embedder, FeatureStore, embed, make_config
 from offshelf.extract import Reader
-from offshelf.extract.runner import inference_plan
+from offshelf.extract.runner import MAX_BATCHES_AT_ONCE, inference_plan
 from offshelf.images import find_images
 from offshelf.models import get_model_spec
 from offshelf.models.runtime import THREADS_ENV, available_cores
@@ -23,6 +23,9 @@ def test_plan_defaults_to_one_thread_per_batch(monkeypatch: pytest.MonkeyPatch) 
     assert inference_plan(None) == (1, cores)
     assert inference_plan(cores) == (cores, 1)  # the schedule before: one batch on every core's thread
     assert inference_plan(cores + 3) == (cores + 3, 1)
+    monkeypatch.setattr("offshelf.extract.runner.available_cores", lambda: 64)  # a big machine: memory capped
+    assert inference_plan(None) == (16, MAX_BATCHES_AT_ONCE) and inference_plan(2) == (2, MAX_BATCHES_AT_ONCE)
+    monkeypatch.setattr("offshelf.extract.runner.available_cores", lambda: cores)
     monkeypatch.setenv(THREADS_ENV, "1")
     assert inference_plan(None) == (1, cores)
     monkeypatch.setenv(THREADS_ENV, str(cores))

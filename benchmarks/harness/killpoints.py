@@ -60,8 +60,8 @@ def _run(request):
     sys.addaudithook(hook)
     try:
         code = main(request["argv"])
-    except SystemExit as exc:  # argparse: usage errors and --help
-        code = exc.code
+    except SystemExit as exc:  # argparse: usage errors and --help; None is 0, a message is 1, as sys.exit does
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     if log:
         with open(log, "w") as handle:
             handle.write("\n".join(seen))
@@ -119,7 +119,7 @@ def run_offshelf_here(argv: list[str]) -> subprocess.CompletedProcess[str]:
         try:
             code = main(argv)
         except SystemExit as exc:  # argparse: usage errors and --help exit before a handler runs
-            code = exc.code
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)  # as sys.exit maps it
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 

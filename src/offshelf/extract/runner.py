@@ -36,6 +36,7 @@ from offshelf.models.runtime import THREADS_ENV, available_cores, resolve_thread
 from offshelf.store import MANIFEST, UPGRADE_MARKER, FeatureStore, FileState, StoreWriter, resolve_store
 
 DEFAULT_BATCH_SIZE = 32
+MAX_BATCHES_AT_ONCE = 4  # batches in ONNX Runtime at once, whatever the cores (see `inference_plan`)
 DEFAULT_SHARD_SIZE = 1024
 
 
@@ -171,15 +172,19 @@ def _same_stat(path: str, known: FileState) -> bool:
 
 def inference_plan(threads: int | None) -> tuple[int, int]:
     """ONNX Runtime intra-op threads per batch and batches run at once: `threads` (or `$OFFSHELF_ORT_THREADS`)
-    threads and as many batches as fit in the cores, else one thread per batch and a batch per core.
+    threads and as many batches as fit in the cores (at most MAX_BATCHES_AT_ONCE), else a batch per core up to
+    MAX_BATCHES_AT_ONCE, the cores shared out among them (one thread each on up to that many cores).
 
     One thread per batch wastes nothing on synchronisation: a multi-threaded run's threads wait for each other
-    at every operator, and while a decoding thread holds a core the waiting one spins (docs/pipeline.md).
+    at every operator, and while a decoding thread holds a core the waiting one spins (docs/pipeline.md). The cap
+    bounds memory: each running batch holds its decoded images and ONNX Runtime's working buffers.
     """
+    cores = available_cores()
     if threads is None and not os.environ.get(THREADS_ENV):
-        return 1, available_cores()
+        streams = min(cores, MAX_BATCHES_AT_ONCE)
+        return cores // streams, streams
     count = resolve_threads(threads)
-    return count, max(1, available_cores() // count)
+    return count, max(1, min(cores // count, MAX_BATCHES_AT_ONCE))
 
 
 def _run(todo: list[tuple[str, FileState | None]], embedder: Embedder, writer: StoreWriter,

@@ -18,8 +18,12 @@ class Committer:
     """Collects outcomes into batches for the backbone and rows into shards for the store.
 
     Full batches run in the `inference` executor, up to `in_flight` at a time, while the caller goes on
-    collecting the next batch; their rows are recorded in input order all the same (`drain` waits for the
-    rest). Without an `embedder` (another engine computed the vectors) outcomes are only `record`ed.
+    collecting the next batch; the rows of embedded files are recorded in input order all the same (`drain`
+    waits for the rest), while a failed or unchanged file is recorded when it is read, so an error row may come
+    before the rows of files read just before it. If a batch fails, the batches already running are still
+    recorded (`drain`) before the error propagates: the store then lacks that batch's files, which a re-run
+    embeds (files are matched by path, not by position). Without an `embedder` (another engine computed the
+    vectors) outcomes are only `record`ed.
     """
 
     def __init__(self, embedder: Embedder | None, writer: StoreWriter, summary: EmbedSummary, bar: tqdm,

@@ -53,7 +53,8 @@ class Searcher:
         # caught up, so the store's matrix is never held next to the index
         snapshot, vectors = self.store.snapshot_view(paths=True)
         ids = vectors.ids
-        assert vectors.paths is not None  # asked for above
+        if vectors.paths is None:
+            raise OffshelfError(f"store {self.store.root} has no path column; it cannot be searched")
         self._paths = ItemPaths(ids, vectors.paths)
         saved = None if exact else load_store_index(self.store.root)
         #: how a saved index that lagged behind the store was caught up before answering (None: it was current)
