@@ -103,3 +103,32 @@ def test_removed_items_are_gone_until_embedded_again(tmp_path: Path) -> None:
     commit(store, {"/a": np.full(4, 7.0)})
     _, paths, vectors = store.vectors()
     assert paths == ["/b", "/a"] and vectors[1, 0] == 7.0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_latest_rows_and_newer_than_agree_with_a_dict_of_rows(seed: int) -> None:
+    """The vectorised merge of shards (last row per id; rows not superseded by a later removal or error) against
+    the plain-Python meaning, on random commit histories with repeated ids, equal seqs and empty sides."""
+    import pyarrow as pa
+
+    from offshelf.store.feature_store import _latest_by_id, _newer_than
+
+    rng = np.random.default_rng(seed)
+
+    def history(rows: int) -> pa.Table:  # rows in commit order: seqs never decrease
+        return pa.table({"id": rng.integers(-5, 12, rows).astype(np.int64) * (1 << 40),
+                         "seq": np.sort(rng.integers(1, 6, rows)).astype(np.int64),
+                         "row": np.arange(rows, dtype=np.int64)})
+
+    table, other = history(int(rng.integers(0, 40))), history(int(rng.integers(0, 12)))
+    latest: dict[int, dict[str, int]] = {}
+    for row in table.to_pylist():
+        latest.pop(row["id"], None)
+        latest[row["id"]] = row  # re-inserted: the dict keeps each id at its last row's position
+    expected_latest = sorted(latest.values(), key=lambda r: r["row"])
+    assert _latest_by_id(table).to_pylist() == expected_latest
+    last_seq = {r["id"]: r["seq"] for r in other.to_pylist()}
+    for ties in (False, True):
+        expected = [r for r in table.to_pylist() if last_seq.get(r["id"], -1) < r["seq"]
+                    or (ties and last_seq.get(r["id"]) == r["seq"])]
+        assert _newer_than(table, other, ties=ties).to_pylist() == expected

@@ -128,20 +128,35 @@ class ShardRows:
         return pa.Table.from_pylist(self.errors, schema=ERROR_SCHEMA)
 
 
+def _last_rows(ids: np.ndarray) -> np.ndarray:
+    """The position of each distinct id's last row, in the order of the ids (sorted)."""
+    _, first_in_reversed = np.unique(ids[::-1], return_index=True)
+    return len(ids) - 1 - first_in_reversed
+
+
 def _latest_by_id(table: pa.Table) -> pa.Table:
     """Keep the last row of each id (tables are concatenated in commit order)."""
-    ids = table.column("id").to_numpy()
-    _, first_in_reversed = np.unique(ids[::-1], return_index=True)
-    keep = np.sort(len(ids) - 1 - first_in_reversed)
-    return table.take(pa.array(keep))
+    last = _last_rows(table.column("id").to_numpy())
+    if len(last) == table.num_rows:
+        return table  # no id repeats: every row is its id's latest (and no copy of a million paths is made)
+    return table.take(pa.array(np.sort(last)))
 
 
 def _newer_than(table: pa.Table, other: pa.Table, *, ties: bool = False) -> pa.Table:
-    """The rows of `table` whose id has no row in `other` with a later `seq` (with `ties`: nor the same)."""
-    last = dict(zip(other.column("id").to_pylist(), other.column("seq").to_pylist()))
-    keep = [last.get(i, -1) < seq or (ties and last.get(i) == seq)
-            for i, seq in zip(table.column("id").to_pylist(), table.column("seq").to_pylist())]
-    return table.filter(pa.array(keep, pa.bool_()))
+    """The rows of `table` whose id has no row in `other` with a later `seq` (with `ties`: nor the same); of an
+    id with several rows in `other`, the last counts."""
+    if other.num_rows == 0:
+        return table
+    other_ids = other.column("id").to_numpy()
+    last = _last_rows(other_ids)
+    known, known_seq = other_ids[last], other.column("seq").to_numpy()[last]
+    ids, seqs = table.column("id").to_numpy(), table.column("seq").to_numpy()
+    at = np.minimum(np.searchsorted(known, ids), len(known) - 1)
+    found = known[at] == ids
+    keep = ~found | (known_seq[at] < seqs)
+    if ties:
+        keep |= found & (known_seq[at] == seqs)
+    return table if keep.all() else table.filter(pa.array(keep))
 
 
 @dataclass(frozen=True)
