@@ -1,8 +1,8 @@
 """`ItemPaths`: the stored path of each item a searcher holds, kept compact enough for millions of items.
 
 A Python dict of id -> path costs ~400 bytes an item (1M items: 0.4 GB, more than an IVF-PQ index of them);
-here the ids sit sorted in one int64 array and the paths in one Arrow string array (the path's bytes plus a
-4-byte offset), found by binary search. Items added or removed after opening (the service's writes) go into a
+here the ids sit sorted in one int64 array, found by binary search, with each one's row in the store's Arrow
+string array of paths (the path's bytes plus a 4-byte offset), which is held as given, never copied. Items added or removed after opening (the service's writes) go into a
 small dict of changes that shadows the arrays.
 """
 
@@ -22,14 +22,15 @@ class ItemPaths:
             raise ValueError(f"{len(ids)} ids but {len(paths)} paths")
         order = np.argsort(ids, kind="stable")
         self._ids = np.ascontiguousarray(np.asarray(ids, np.int64)[order])
-        self._paths = paths.take(pa.array(order))
+        self._rows = order.astype(np.min_scalar_type(max(len(order) - 1, 0)))  # 4 bytes an item below 2**32
+        self._paths = paths
         self._changes: dict[int, str | None] = {}  # an id added (its path) or removed (None) since opening
         self._count = len(self._ids)
 
     def _opened_with(self, item_id: int) -> str | None:
         pos = int(np.searchsorted(self._ids, item_id))
         if pos < len(self._ids) and self._ids[pos] == item_id:
-            return self._paths[pos].as_py()
+            return self._paths[int(self._rows[pos])].as_py()
         return None
 
     def get(self, item_id: int) -> str | None:
