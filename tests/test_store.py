@@ -132,3 +132,16 @@ def test_latest_rows_and_newer_than_agree_with_a_dict_of_rows(seed: int) -> None
         expected = [r for r in table.to_pylist() if last_seq.get(r["id"], -1) < r["seq"]
                     or (ties and last_seq.get(r["id"]) == r["seq"])]
         assert _newer_than(table, other, ties=ties).to_pylist() == expected
+
+
+def test_id_rows_agree_with_a_dict_for_held_missing_and_padding_ids() -> None:
+    from offshelf.store import IdRows
+
+    rng = np.random.default_rng(0)
+    ids = rng.choice(1 << 62, 5000, replace=False).astype(np.int64)
+    rows = IdRows(ids)
+    row_of = {int(i): r for r, i in enumerate(ids)}
+    asked = np.concatenate([ids[rng.permutation(5000)[:300]], rng.integers(0, 1 << 62, 300), [-1, 0, (1 << 63) - 1]])
+    assert rows.rows_of(asked).tolist() == [row_of.get(int(i), -1) for i in asked]
+    assert rows.rows_of(asked.reshape(3, -1)).shape == (3, 201)  # FAISS's (queries, k) answers keep their shape
+    assert IdRows(np.empty(0, np.int64)).rows_of(asked).tolist() == [-1] * len(asked) and len(rows) == 5000

@@ -9,13 +9,12 @@ the threshold, and every candidate is re-scored exactly in the calibrated space.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import faiss
 import numpy as np
 from tqdm import tqdm
 
 from offshelf.index import VectorIndex
+from offshelf.store import IdRows
 
 QUERY_CHUNK = 2048
 RANGE_CHUNK = 256  # queries per range search: bounds its result buffer at 256 x n pairs
@@ -68,7 +67,7 @@ def index_pairs(index: VectorIndex, ids: np.ndarray, raw: np.ndarray, x: np.ndar
     are re-scored with `x` (the calibrated space). Rows whose deepest candidate still reaches the threshold
     are searched again with twice the depth, up to MAX_DEPTH."""
     rows = np.arange(len(x)) if queries is None else np.asarray(queries, np.int64)
-    row_of = _row_lookup(ids)
+    id_rows = IdRows(ids)
     found: list[Pairs] = []
     todo, depth = rows, FIRST_DEPTH
     with tqdm(total=len(rows), unit="img", disable=not progress, desc="pairs (index)") as bar:
@@ -77,7 +76,7 @@ def index_pairs(index: VectorIndex, ids: np.ndarray, raw: np.ndarray, x: np.ndar
             for start in range(0, len(todo), QUERY_CHUNK):
                 chunk = todo[start : start + QUERY_CHUNK]
                 _, hit_ids = index.search(raw[chunk], depth)
-                hits = row_of(hit_ids)
+                hits = np.where(hit_ids >= 0, id_rows.rows_of(hit_ids), -1)  # -1: FAISS found fewer
                 exact = np.einsum("qkd,qd->qk", x[np.maximum(hits, 0)], x[chunk])
                 valid = hits >= 0
                 reached = valid & (exact >= threshold)
@@ -97,17 +96,6 @@ def _unique_pairs(pairs: Pairs, n: int) -> Pairs:
         return a, b, s
     _, first = np.unique(a * n + b, return_index=True)
     return a[first], b[first], s[first]
-
-
-def _row_lookup(ids: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    order = np.argsort(ids)
-    sorted_ids = ids[order]
-
-    def lookup(hit_ids: np.ndarray) -> np.ndarray:
-        pos = np.clip(np.searchsorted(sorted_ids, hit_ids), 0, len(ids) - 1)
-        return np.where((hit_ids >= 0) & (sorted_ids[pos] == hit_ids), order[pos], -1)
-
-    return lookup
 
 
 def _concat(parts: list[Pairs]) -> Pairs:

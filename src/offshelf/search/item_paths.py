@@ -1,9 +1,9 @@
 """`ItemPaths`: the stored path of each item a searcher holds, kept compact enough for millions of items.
 
 A Python dict of id -> path costs ~400 bytes an item (1M items: 0.4 GB, more than an IVF-PQ index of them);
-here the ids sit sorted in one int64 array, found by binary search, with each one's row in the store's Arrow
-string array of paths (the path's bytes plus a 4-byte offset), which is held as given, never copied. Items added or removed after opening (the service's writes) go into a
-small dict of changes that shadows the arrays.
+here an `IdRows` finds each id's row in the store's Arrow string array of paths (the path's bytes plus a 4-byte
+offset), which is held as given, never copied. Items added or removed after opening (the service's writes) go
+into a small dict of changes that shadows the arrays.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
+from offshelf.store import IdRows
+
 
 class ItemPaths:
     """id -> path for the items of one store snapshot, plus the changes made since."""
@@ -20,18 +22,14 @@ class ItemPaths:
     def __init__(self, ids: np.ndarray, paths: pa.Array) -> None:
         if len(ids) != len(paths):
             raise ValueError(f"{len(ids)} ids but {len(paths)} paths")
-        order = np.argsort(ids, kind="stable")
-        self._ids = np.ascontiguousarray(np.asarray(ids, np.int64)[order])
-        self._rows = order.astype(np.min_scalar_type(max(len(order) - 1, 0)))  # 4 bytes an item below 2**32
+        self._rows = IdRows(ids)
         self._paths = paths
         self._changes: dict[int, str | None] = {}  # an id added (its path) or removed (None) since opening
-        self._count = len(self._ids)
+        self._count = len(self._rows)
 
     def _opened_with(self, item_id: int) -> str | None:
-        pos = int(np.searchsorted(self._ids, item_id))
-        if pos < len(self._ids) and self._ids[pos] == item_id:
-            return self._paths[int(self._rows[pos])].as_py()
-        return None
+        row = int(self._rows.rows_of(np.array([item_id]))[0])
+        return None if row < 0 else self._paths[row].as_py()
 
     def get(self, item_id: int) -> str | None:
         """The path of `item_id`, None if it is not held."""

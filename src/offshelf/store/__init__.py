@@ -13,6 +13,7 @@ from offshelf.store.feature_store import (
     StoreWriter,
     path_id,
 )
+from offshelf.store.id_rows import IdRows
 from offshelf.store.identity import IDENTITY_FIELDS, StoreConfig, check_identity, describe_identity, full_identity
 from offshelf.store.marker import UPGRADE_MARKER, read_upgrade_marker, resolve_store, resolve_store_root
 from offshelf.store.streaming import CHUNK_ROWS, StoreVectors
@@ -26,6 +27,7 @@ __all__ = [
     "UPGRADE_MARKER",
     "FeatureStore",
     "FileState",
+    "IdRows",
     "ShardRows",
     "StoreConfig",
     "StoreVectors",

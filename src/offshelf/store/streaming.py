@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from offshelf.errors import StoreError
+from offshelf.store.id_rows import IdRows
 from offshelf.store.shards import shard_errors, shard_seq
 
 CHUNK_ROWS = 8192  # rows per chunk when streaming a whole store (40 MB at dim 1280)
@@ -56,20 +57,16 @@ class StoreVectors:
                 self._parts.append((path, int(group), shard_rows[group_of == group] - starts[group]))
         self._starts = np.cumsum([0] + [len(p[2]) for p in self._parts])
         self._cached: tuple[int, np.ndarray] | None = None
-        self._order: np.ndarray | None = None
+        self._id_rows: IdRows | None = None  # built on the first `rows_of`
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """The row numbers of `ids` in this view (-1 for an id it does not hold)."""
-        ids = np.asarray(ids, np.int64)
-        if not len(self.ids):
-            return np.full(len(ids), -1, np.int64)
-        if self._order is None:
-            self._order = np.argsort(self.ids, kind="stable")
-        found = self._order[np.minimum(np.searchsorted(self.ids, ids, sorter=self._order), len(self.ids) - 1)]
-        return np.where(self.ids[found] == ids, found, -1)
+        if self._id_rows is None:
+            self._id_rows = IdRows(self.ids)
+        return self._id_rows.rows_of(ids)
 
     @property
     def shape(self) -> tuple[int, int]:
