@@ -406,7 +406,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--usearch", default="f16:16:128,f32:16:128", help="dtype:connectivity:expansion_add,...")
     ap.add_argument("--hnswlib", default="16:100", help="M:ef_construction,...")
-    ap.add_argument("--tune-sample", type=int, default=1000, help="rows offshelf tune holds out of the build as its queries (at most n / 10)")
+    ap.add_argument("--tune-sample", type=int, default=1000,
+                    help="rows offshelf tune holds out of the build as its queries (at most n / 10)")
     ap.add_argument("--single", type=int, default=200, help="queries timed one at a time")
     ap.add_argument("--name", default=None, help="file stem (default ann_peers, ann_peers_Nk for other n)")
     return ap

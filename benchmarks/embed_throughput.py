@@ -220,7 +220,8 @@ def measure_pipeline(paths: list[Path], batch_size: int, warmup: int, workers: i
 def measure_pipeline_before(src: Path, n: int, batch_size: int, warmup: int, workers: int | None, label: str,
                             precision: str) -> dict:
     """`measure_pipeline` in a child process that imports offshelf from `src` (the code before a change)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src.resolve()), str(Path(__file__).resolve().parent.parent)])}
+    paths = [str(src.resolve()), str(Path(__file__).resolve().parent.parent)]  # the old package, then benchmarks
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     command = [sys.executable, "-m", "benchmarks.embed_throughput", "--child-pipeline", precision, "--n", str(n),
                "--batch-size", str(batch_size), "--child-warmup", str(warmup), "--child-label", label]
     if workers:

@@ -275,8 +275,7 @@ def main() -> None:
     if args.merge and (args.out / f"{name}.json").is_file():  # keep the rows of an earlier run not run again
         earlier = json.loads((args.out / f"{name}.json").read_text())
         planned = {(k, n) for k in kinds for n in sizes}
-        result["rows"] = [{**r, "run": r.get("run") or _earlier_run(earlier, r["n"])} for r in earlier["rows"]
-                          if (r["variant"], r["n"]) not in planned]
+        result["rows"] = [r for r in earlier["rows"] if (r["variant"], r["n"]) not in planned]
         result["store_write_seconds"] = {k: v for k, v in earlier["store_write_seconds"].items()
                                          if int(k) not in sizes}
     for n in sizes:
@@ -323,7 +322,8 @@ def notes(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
         "`flat (before)` is the code before this change (the commit this branch started from), same store, same "
         "measurement.",
     ] + [f"Rows {_row_names(result['rows'], run)} come from the run started {run['started']} (load average "
-         f"{', '.join(f'{v:.2f}' for v in run['load_average_at_start'])}); other load on the shared machine is recorded only by that load average."
+         f"{', '.join(f'{v:.2f}' for v in run['load_average_at_start'])}); other load on the shared machine is "
+         "recorded only by that load average."
          for run in _runs(result["rows"])]
 
 
@@ -335,18 +335,6 @@ def _runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The distinct runs the rows come from, oldest first."""
     runs = {r["run"]["started"]: r["run"] for r in rows}
     return [runs[k] for k in sorted(runs)]
-
-
-def _earlier_run(earlier: dict[str, Any], n: int) -> dict[str, Any]:
-    """The run that measured a row of size `n` kept from results written before rows recorded their run.
-
-    Such results list under `earlier_runs` the runs they merged, each with the sizes of the rows it kept (its own
-    and older ones), oldest first: the first run that lists `n` measured it; a size none lists was measured by
-    the run that wrote the file."""
-    for run in earlier.get("earlier_runs", []):
-        if n in run["sizes"]:
-            return {"started": run["started"], "load_average_at_start": run["load_average_at_start"]}
-    return {"started": earlier["started"], "load_average_at_start": earlier["environment"]["load_average_at_start"]}
 
 
 if __name__ == "__main__":
